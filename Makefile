@@ -1,0 +1,40 @@
+# invoice-dispatch — the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench constraints clean
+
+install: $(STAMP)
+
+# Reproducible: every package pinned by constraints.txt (refresh with `make constraints`).
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PIP) install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m dispatch.demo_runner
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow and not postgres"
+
+lint: install
+	$(VENV)/bin/ruff check plugins dags tests
+	$(VENV)/bin/ruff format --check plugins dags tests
+
+bench: install
+	$(PY) -m dispatch.bench $(if $(N),--invoices $(N),)
+
+constraints:
+	$(PIP) freeze --exclude-editable | grep -v '^invoice-dispatch' > constraints.txt
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""The one small interface every delivery backend implements.
+
+The dispatcher never knows which provider is behind a channel: it hands over fully
+rendered :class:`OutgoingMessage` objects and gets back, per message, either a
+:class:`SendResult` (the provider accepted it: "sent" in the sense of SPEC B3) or one of
+the typed errors below, whose *kind* tells the dispatcher what to do with the action.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with a message (the invoice PDF)."""
+
+    filename: str
+    content: bytes
+    mime_type: str = "application/pdf"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message ready to hand to a provider; everything is already rendered.
+
+    ``recipients`` holds e-mail addresses (email), one E.164 number (sms) or one postal
+    address block (letter). ``deliver_at`` is the instant the customer should receive it
+    (UTC, aware); channels that can schedule pass it to the provider.
+    """
+
+    action_id: str
+    invoice_id: str
+    org_id: str
+    channel: str  # 'email' | 'sms' | 'letter'
+    recipients: tuple[str, ...]
+    deliver_at: dt.datetime
+    subject: str | None = None
+    body_text: str = ""
+    body_html: str | None = None
+    sender: str | None = None  # From address (email) or sender name (letter)
+    sender_name: str | None = None
+    reply_to: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The provider accepted the message."""
+
+    action_id: str
+    provider: str
+    provider_message_id: str
+    deliver_at: dt.datetime
+
+
+class ChannelError(Exception):
+    """Base of the typed errors a channel raises for one message or the whole batch."""
+
+    reason: str = "provider_error"
+
+
+class PermanentError(ChannelError):
+    """The provider refused this message (4xx): do not retry; manual ``provider_rejected``."""
+
+    reason = "provider_rejected"
+
+
+class TransientError(ChannelError):
+    """Rate limit, 5xx, cannot connect: nothing was accepted; retry later (``provider_error``
+    once attempts are exhausted). ``retry_after`` in seconds when the provider said so."""
+
+    reason = "provider_error"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeliveryUnknownError(ChannelError):
+    """The request went out but no answer came back: it may have been accepted. Never
+    retried without an idempotency key; the action becomes manual ``delivery_unknown``."""
+
+    reason = "delivery_unknown"
+
+
+class FatalChannelError(ChannelError):
+    """Authentication or configuration error (401/403, unknown host): stop the batch and
+    touch no action, so that a bad key never turns a day's invoices into manual tasks."""
+
+    reason = "configuration_error"
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A delivery backend for one channel ('email', 'sms' or 'letter')."""
+
+    #: provider name stored on the action ('outbox', 'sendgrid', 'smtp', 'twilio', 'printapi')
+    provider: str
+    #: the channel this backend serves
+    channel: str
+
+    def max_schedule_ahead(self) -> dt.timedelta | None:
+        """How far ahead the provider can hold a message for a future ``deliver_at``.
+
+        ``None`` means the backend cannot schedule at all (SMTP, letters): the dispatcher then
+        hands it only actions whose scheduled local day has come.
+        """
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
+        """Hand every message to the provider; one result or error per message, same order.
+
+        Raises :class:`FatalChannelError` (instead of returning it) when the whole batch must
+        stop. Implementations may send concurrently.
+        """
+
+    def was_handed_over(self, action_id: str) -> SendResult | None | bool:
+        """For an action a dead run left ``sending``: the result if the provider is known to
+        have the message, ``False`` if it is known not to, ``None`` if it cannot tell."""

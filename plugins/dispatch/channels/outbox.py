@@ -1,0 +1,285 @@
+"""The embedded outbox: the default backend, which hands messages over by writing files.
+
+``<root>/email/<action_id>.eml``, ``<root>/sms/<action_id>.json`` and
+``<root>/letter/<action_id>.pdf`` (CONTRACT §6). A file appears whole or not at all (temp
+file, fsync, then a hard link to the final name), and an existing file is never replaced:
+``os.link`` fails when the name exists, so two workers handing over the same action at the
+same instant produce one file, and both learn it was handed over. Because the file is the
+hand-over, the outbox can always answer :meth:`OutboxChannel.was_handed_over` (SPEC "Time",
+settling actions a dead run left ``sending``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from pathlib import Path
+
+from dispatch.channels.base import (
+    ChannelError,
+    FatalChannelError,
+    OutgoingMessage,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
+from dispatch.emails import build_email, deliver_at_iso, parse_deliver_at
+
+log = logging.getLogger(__name__)
+
+#: File name suffix per channel.
+SUFFIXES: dict[str, str] = {"email": ".eml", "sms": ".json", "letter": ".pdf"}
+
+#: "Can hold any future delivery time", kept small enough that ``now + ahead`` never overflows.
+FAR_AHEAD = dt.timedelta(days=365 * 100)
+
+# An action id becomes a file name and a Message-ID: no path separators, no leading dot
+# (temp files start with one), no empty atoms.
+_SAFE_ACTION_ID = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_MAX_ACTION_ID = 128
+
+_TMP_PREFIX = ".tmp-"
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def is_safe_action_id(action_id: str) -> bool:
+    """Whether ``action_id`` can name an outbox file without escaping its directory."""
+    return len(action_id) <= _MAX_ACTION_ID and _SAFE_ACTION_ID.fullmatch(action_id) is not None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the new name durable: a crash must not lose a file whose action was recorded sent."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory (Windows): nothing more to do
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_once(path: Path, content: bytes) -> bool:
+    """Write ``content`` to ``path`` atomically unless ``path`` exists; True if this call wrote it.
+
+    Raises ``OSError`` when nothing could be written (disk full, permissions).
+    """
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.stem}-{secrets.token_hex(8)}")
+    fd = os.open(tmp, _OPEN_FLAGS, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_directory(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+class OutboxChannel:
+    """One outbox directory for one channel; implements :class:`dispatch.channels.base.Channel`."""
+
+    provider = "outbox"
+
+    def __init__(self, root_dir: Path, channel: str, default_sender: str | None = None) -> None:
+        if channel not in SUFFIXES:
+            raise ValueError(f"the outbox has no channel {channel!r} (known: {', '.join(SUFFIXES)})")
+        self.root_dir = Path(root_dir)
+        self.channel = channel
+        self.default_sender = default_sender
+        self.directory = self.root_dir / channel
+        self._directory_ready = False
+
+    # --- Channel protocol -------------------------------------------------------------
+
+    def max_schedule_ahead(self) -> dt.timedelta | None:
+        """E-mail and SMS files record their delivery time, so any future one can be held;
+        a letter is printed when its file appears, so it never goes ahead of its day."""
+        return None if self.channel == "letter" else FAR_AHEAD
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
+        """Write one file per message, in order; a message already in the outbox is not rewritten.
+
+        Raises :class:`FatalChannelError`, before writing anything, when a message is for
+        another channel or the outbox directory is unusable.
+        """
+        misrouted = [m.action_id for m in messages if m.channel != self.channel]
+        if misrouted:
+            raise FatalChannelError(
+                f"{self.channel} outbox was given messages of another channel: {', '.join(misrouted[:5])}"
+            )
+        if messages:
+            self._prepare_directory()
+        return [self._send_one(message) for message in messages]
+
+    def was_handed_over(self, action_id: str) -> SendResult | bool:
+        """The file is the hand-over: its result if it exists, ``False`` if it does not."""
+        if not is_safe_action_id(action_id):
+            return False  # no file can ever have been written under this id
+        path = self.path_for(action_id)
+        if not path.exists():
+            return False
+        return self._existing_result(action_id, path)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def path_for(self, action_id: str) -> Path:
+        """Where this action's file is (or would be)."""
+        return self.directory / f"{action_id}{SUFFIXES[self.channel]}"
+
+    def provider_message_id(self, action_id: str) -> str:
+        """The file's path relative to the outbox root, e.g. ``email/act_1.eml``."""
+        return f"{self.channel}/{action_id}{SUFFIXES[self.channel]}"
+
+    def _prepare_directory(self) -> None:
+        """Create the directory and prove hard links work there, once per instance.
+
+        A read-only or link-less file system is a configuration error: stopping the batch
+        before anything is written beats turning every action into a retry.
+        """
+        if self._directory_ready:
+            return
+        probe = self.directory / f"{_TMP_PREFIX}probe-{secrets.token_hex(8)}"
+        linked = probe.with_name(probe.name + "-link")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, _OPEN_FLAGS, 0o644))
+            os.link(probe, linked)
+        except OSError as exc:
+            raise FatalChannelError(f"outbox directory {self.directory} is not usable: {exc}") from exc
+        finally:
+            for leftover in (probe, linked):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        self._directory_ready = True
+
+    def _send_one(self, message: OutgoingMessage) -> SendResult | ChannelError:
+        if not is_safe_action_id(message.action_id):
+            return PermanentError(f"action id {message.action_id!r} cannot name an outbox file")
+        path = self.path_for(message.action_id)
+        if path.exists():  # handed over before: exactly once, and no need to render again
+            return self._existing_result(message.action_id, path)
+        try:
+            content = self._render(message)
+        except ValueError as exc:
+            return PermanentError(f"{self.channel} message refused: {exc}")
+        except Exception as exc:
+            # A renderer bug on one odd message (fpdf2 on some text) must not abort the batch
+            # and lose the results of the messages already written.
+            log.exception("outbox could not render action %s", message.action_id)
+            return PermanentError(f"{self.channel} message could not be rendered: {exc!r}")
+        try:
+            written = write_once(path, content)
+        except OSError as exc:
+            return TransientError(f"cannot write {path}: {exc}")
+        if not written:  # another worker won the race for this action
+            return self._existing_result(message.action_id, path)
+        return SendResult(
+            action_id=message.action_id,
+            provider=self.provider,
+            provider_message_id=self.provider_message_id(message.action_id),
+            deliver_at=message.deliver_at.astimezone(dt.UTC),
+        )
+
+    def _render(self, message: OutgoingMessage) -> bytes:
+        """The file content; ``ValueError`` for a message that can never be handed over."""
+        if message.deliver_at.tzinfo is None:
+            raise ValueError("deliver_at must be timezone-aware")
+        if self.channel == "email":
+            return _render_email(message, self.default_sender)
+        if self.channel == "sms":
+            return _render_sms(message)
+        return _render_letter(message)
+
+    def _existing_result(self, action_id: str, path: Path) -> SendResult:
+        try:
+            deliver_at = _read_deliver_at(self.channel, path)
+        except Exception as exc:  # any unreadable file still means "handed over"
+            # Files are written whole, so this means someone edited it; it was handed over all the same.
+            log.warning("outbox file %s has no readable delivery time (%s); using its mtime", path, exc)
+            deliver_at = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC)
+        return SendResult(
+            action_id=action_id,
+            provider=self.provider,
+            provider_message_id=self.provider_message_id(action_id),
+            deliver_at=deliver_at,
+        )
+
+
+def _render_email(message: OutgoingMessage, default_sender: str | None) -> bytes:
+    try:
+        return build_email(message, default_sender=default_sender).as_bytes()
+    except UnicodeError as exc:  # a value the non-SMTPUTF8 policy cannot encode
+        raise ValueError(str(exc)) from exc
+
+
+def _render_sms(message: OutgoingMessage) -> bytes:
+    if len(message.recipients) != 1:
+        raise ValueError(f"an SMS needs exactly one recipient number, got {len(message.recipients)}")
+    record = {
+        "action_id": message.action_id,
+        "invoice_id": message.invoice_id,
+        "org_id": message.org_id,
+        "to": message.recipients[0],
+        "body": message.body_text,
+        "deliver_at": deliver_at_iso(message.deliver_at),
+    }
+    return (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _render_letter(message: OutgoingMessage) -> bytes:
+    """Cover page addressed to ``recipients[0]``, then the invoice PDF (the first PDF attachment).
+
+    Optional ``metadata`` keys: ``sender_address`` (lines under the sender's name) and
+    ``date_line`` (defaults to the delivery date, ISO format).
+    """
+    from dispatch.letters import build_letter_pdf  # fpdf2 and pypdf: only letter outboxes need them
+
+    if not message.recipients:
+        raise ValueError("a letter needs a postal address")
+    sender_lines = [message.sender_name or message.sender or "", message.metadata.get("sender_address", "")]
+    invoice_pdf = next((a.content for a in message.attachments if a.mime_type == "application/pdf"), None)
+    return build_letter_pdf(
+        sender_block="\n".join(line for line in sender_lines if line),
+        recipient_block=message.recipients[0],
+        body_text=message.body_text,
+        date_line=message.metadata.get("date_line") or message.deliver_at.date().isoformat(),
+        invoice_pdf=invoice_pdf,
+        metadata={
+            "DeliverAt": deliver_at_iso(message.deliver_at),
+            "InvoiceDispatchAction": message.action_id,
+            "InvoiceDispatchInvoice": message.invoice_id,
+        },
+        creation_date=message.deliver_at,
+    )
+
+
+def _read_deliver_at(channel: str, path: Path) -> dt.datetime:
+    if channel == "email":
+        with path.open("rb") as handle:
+            headers = BytesHeaderParser(policy=default_policy).parse(handle)
+        value = headers["X-Deliver-At"]
+        if value is None:
+            raise ValueError("no X-Deliver-At header")
+        return parse_deliver_at(str(value))
+    if channel == "sms":
+        return parse_deliver_at(json.loads(path.read_text(encoding="utf-8"))["deliver_at"])
+    from dispatch.letters import read_letter_metadata
+
+    return parse_deliver_at(read_letter_metadata(path)["DeliverAt"])

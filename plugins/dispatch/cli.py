@@ -1,0 +1,366 @@
+"""The ``dispatch`` command line (CONTRACT §5).
+
+Exit codes: 0 success; 2 bad usage or bad input, with a one-line reason on stderr and
+nothing changed; 1 an unexpected failure. Listings print a table by default and one JSON
+array with ``--json`` whose keys are the columns of the table or view they read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from dispatch.errors import DispatchError
+
+log = logging.getLogger("dispatch")
+
+
+class Fail(click.ClickException):
+    """A refusal: one line on stderr, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+        click.echo(f"dispatch: {self.format_message()}", err=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DispatchError as exc:
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            if len(lines) > 1:  # the first line is the one-line reason; the rest follow it
+                click.echo("\n".join(lines[1:]), err=True)
+            raise Fail(lines[0]) from exc
+
+    return wrapper
+
+
+def parse_instant(value: str | None) -> dt.datetime:
+    """ISO 8601; a value without offset is UTC; a bare date means 00:00 UTC that day."""
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Fail(f"--at {value!r}: not an ISO 8601 instant (e.g. 2026-12-02T05:00:00Z)") from None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from dispatch.settings import load_settings
+
+    return load_settings()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or (not isinstance(value, (str, list, tuple, dict)) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp | dt.datetime):
+        ts = pd.Timestamp(value)
+        return (ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def emit(df: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
+    """One JSON array of objects, or a readable table."""
+    if columns:
+        df = df[[c for c in columns if c in df.columns]]
+    if as_json:
+        records = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
+        click.echo(json.dumps(records, ensure_ascii=False, indent=None))
+        return
+    if df.empty:
+        click.echo("(none)")
+        return
+    from tabulate import tabulate
+
+    shown = df.map(lambda v: "" if _jsonable(v) is None else _jsonable(v))
+    click.echo(tabulate(shown.to_dict("list"), headers="keys", tablefmt="simple"))
+    click.echo(f"({len(df)} rows)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress of each stage to stderr.")
+@click.version_option(package_name="invoice-dispatch")
+def main(verbose: bool) -> None:
+    """invoice-dispatch: send invoices by e-mail, letter or SMS, exactly once."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- db -----------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The dispatch database."""
+
+
+@db.command("init")
+@handle_errors
+def db_init() -> None:
+    """Create or upgrade the dispatch schema (idempotent)."""
+    from dispatch.db.engine import make_engine
+    from dispatch.db.migrate import upgrade
+
+    settings = _settings()
+    before, after = upgrade(make_engine(settings.dispatch_db_url))
+    if before == after:
+        click.echo(f"dispatch database is up to date (revision {after})")
+    else:
+        click.echo(f"dispatch database upgraded from {before or 'empty'} to revision {after}")
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Organizations, users, plans and assignments."""
+
+
+@config.command("load")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def config_load(file: Path) -> None:
+    """Load FILE.yaml (all-or-nothing; see docs/configuration.md)."""
+    from dispatch.config_file import load_config_file
+    from dispatch.db.engine import make_engine
+    from dispatch.pipeline import ensure_schema
+
+    if not file.exists():
+        raise Fail(f"{file}: no such file")
+    settings = _settings()
+    engine = make_engine(settings.dispatch_db_url)
+    ensure_schema(engine)
+    accounting = _accounting_if_present(settings.accounting_db_url)
+    summary = load_config_file(file, engine, accounting_engine=accounting, now=dt.datetime.now(dt.UTC))
+    click.echo(str(summary))
+
+
+def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
+    """The accounting engine when it can be reached (to check assignments across orgs)."""
+    from sqlalchemy import inspect
+
+    from dispatch.db.engine import make_engine
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return None
+    try:
+        engine = make_engine(url, readonly=True)
+        return engine if inspect(engine).has_table("customers") else None
+    except Exception:  # an unreachable source only disables that one check
+        log.warning("accounting database not reachable: cross-organization assignments not checked")
+        return None
+
+
+# --- run / preview ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--at", "at", metavar="INSTANT", help="As-of instant, ISO 8601 (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
+@handle_errors
+def run(at: str | None, as_json: bool) -> None:
+    """The whole daily pipeline as of INSTANT: extract, tag, resolve templates, compute due
+    sends, dispatch, write back; prints counts."""
+    from dispatch.pipeline import run_pipeline
+
+    as_of = parse_instant(at)
+    say = (lambda m: click.echo(m, err=True)) if not as_json else None
+    report = run_pipeline(_settings(), as_of, progress=say)
+    if as_json:
+        click.echo(json.dumps({"run_id": report.run_id, "as_of": report.as_of.isoformat(),
+                               "horizon": report.horizon.isoformat(), "stages": report.stages,
+                               "counts": report.counts}, default=str))
+        return
+    click.echo(format_report(report))
+
+
+def format_report(report) -> str:  # type: ignore[no-untyped-def]
+    run_c = report.counts.get("run", {})
+    totals = report.counts.get("totals", {})
+    lines = [
+        f"run {report.run_id} as of {report.as_of:%Y-%m-%d %H:%M}Z (covers until {report.horizon:%Y-%m-%d %H:%M}Z)",
+        f"  imported {run_c.get('imported', 0)}, rejected {run_c.get('rejected', 0)}, "
+        f"actions created {run_c.get('events.created', 0)}",
+        f"  sent {run_c.get('events.sent', 0)}, to do {run_c.get('events.manual', 0)}, "
+        f"cancelled {run_c.get('events.cancelled', 0)}, retry later {run_c.get('events.retry_later', 0)}",
+    ]
+    reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.")}
+    if reasons:
+        lines.append("  to do by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    lines.append(
+        "  all invoices: " + ", ".join(f"{k} {totals.get(k, 0)}" for k in (
+            "sent", "manual", "ignored_or_marked_sent", "cancelled", "scheduled", "without_template",
+            "not_required")) + f" = {totals.get('imported', 0)} imported; {totals.get('rejected', 0)} rejected"
+    )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--at", "at", metavar="INSTANT", help="As-of instant, ISO 8601 (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@handle_errors
+def preview(at: str | None, as_json: bool) -> None:
+    """What `run` would do as of INSTANT, and why not — changing nothing."""
+    from dispatch.preview import COLUMNS
+    from dispatch.preview import preview as do_preview
+
+    df = do_preview(_settings(), parse_instant(at))
+    emit(df, as_json, COLUMNS)
+
+
+# --- todo ---------------------------------------------------------------------------------
+
+TODO_COLUMNS = [
+    "action_id", "invoice_id", "invoice_number", "org_id", "customer_id", "customer_name", "channel",
+    "owner_user_id", "manual_reason", "created_at", "detail", "recipient", "manual_since",
+]
+
+
+@main.group(invoke_without_command=True)
+@click.option("--owner", metavar="USER", help="Only this owner's actions.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@click.pass_context
+@handle_errors
+def todo(ctx: click.Context, owner: str | None, as_json: bool) -> None:
+    """Open manual invoicing actions (the to-do list)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dispatch.db.engine import make_engine
+    from dispatch.operations import todo_list
+
+    emit(todo_list(make_engine(_settings().dispatch_db_url), owner), as_json, TODO_COLUMNS)
+
+
+def _db_and_settings():  # type: ignore[no-untyped-def]
+    from dispatch.db.engine import make_engine
+    from dispatch.db.session import Database
+    from dispatch.pipeline import ensure_schema
+
+    settings = _settings()
+    engine = make_engine(settings.dispatch_db_url)
+    ensure_schema(engine)
+    return Database(engine), settings
+
+
+@todo.command("send")
+@click.argument("action_id")
+@click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@handle_errors
+def todo_send(action_id: str, at: str | None) -> None:
+    """Send a manual action now through its channel."""
+    from dispatch.channels.factory import build_channels
+    from dispatch.db.engine import make_engine
+    from dispatch.operations import send_action_now
+
+    db, settings = _db_and_settings()
+    result = send_action_now(
+        db, make_engine(settings.accounting_db_url, readonly=True), action_id, parse_instant(at),
+        build_channels(settings), settings,
+    )
+    if result["status"] != "sent":
+        raise Fail(f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); it stays in the to-do list")
+    click.echo(f"sent {action_id} to {result['recipient']} ({result['provider_message_id']})")
+
+
+@todo.command("ignore")
+@click.argument("action_ids", nargs=-1, required=True)
+@click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@handle_errors
+def todo_ignore(action_ids: tuple[str, ...], at: str | None) -> None:
+    """Ignore one or many actions (each invoice then counts as sent)."""
+    from dispatch.operations import ignore_actions
+
+    db, _ = _db_and_settings()
+    result = ignore_actions(db, action_ids, parse_instant(at))
+    click.echo(f"ignored: {result}")
+
+
+# --- invoices -----------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option("--status", "status", metavar="S", help="e.g. to_send, overdue, paid, not_due, void, sent.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@click.pass_context
+@handle_errors
+def invoices(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    """List invoices with their status."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dispatch.db.engine import make_engine
+    from dispatch.operations import invoice_list
+
+    df = invoice_list(make_engine(_settings().dispatch_db_url), status)
+    cols = None if as_json else ["invoice_id", "org_id", "customer_id", "number", "issue_date", "due_date",
+                                 "currency", "total_amount", "sending_status", "sent_how", "status"]
+    emit(df, as_json, cols)
+
+
+@invoices.command("mark-sent")
+@click.argument("invoice_ids", nargs=-1, required=True)
+@click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@handle_errors
+def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None) -> None:
+    """Mark invoices as sent without sending anything (one or many)."""
+    from dispatch.operations import mark_sent
+
+    db, _ = _db_and_settings()
+    result = mark_sent(db, invoice_ids, parse_instant(at))
+    click.echo(f"marked sent: {result}")
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--today", metavar="DATE", help="The demo's today (default: today, UTC).")
+@click.option("--seed", default=7, show_default=True)
+@handle_errors
+def demo(today: str | None, seed: int) -> None:
+    """Write the demo accounting database and load the demo configuration (no run)."""
+    from dispatch.config_file import load_config_file
+    from dispatch.db.engine import make_engine
+    from dispatch.db.migrate import upgrade
+    from dispatch.demo_data import build_demo
+    from dispatch.paths import resolve
+
+    settings = _settings()
+    day = dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
+    summary = build_demo(settings.accounting_db_url, resolve("var/demo/pdfs"), day, seed,
+                         config_out=resolve("var/demo/config.yaml"))
+    engine = make_engine(settings.dispatch_db_url)
+    upgrade(engine)
+    loaded = load_config_file(summary.config_path, engine, accounting_engine=make_engine(settings.accounting_db_url),
+                              now=dt.datetime.now(dt.UTC))
+    click.echo(f"demo accounting database: {summary.invoices} invoices ({summary.malformed} malformed), "
+               f"{summary.customers} customers, {summary.pdfs} PDFs")
+    click.echo(f"demo configuration: {summary.config_path}")
+    click.echo(str(loaded))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

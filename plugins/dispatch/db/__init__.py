@@ -1,0 +1,1 @@
+"""The dispatch database: schema, engines and migrations."""

@@ -1,0 +1,156 @@
+"""Turn claimed actions into rendered messages, or into the manual outcome that stops them.
+
+The checks run in the order a person would fix them: the invoice is still valid (B5), a
+recipient exists and is valid (R11), the template renders (B7), the invoice PDF is there.
+Rendering is per message by nature; everything else was prepared as whole columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from babel.dates import format_date
+from sqlalchemy import Connection, select
+
+from dispatch.channels.base import Attachment, OutgoingMessage
+from dispatch.db.schema import customers, invoice_actions, invoice_templates, invoices, organizations, users
+from dispatch.outcomes import Outcome
+from dispatch.paths import resolve
+from dispatch.rendering import TemplateError, TemplateSpec, build_context, render_message, resolve_locale
+
+FALLBACK_SENDER = "invoices@localhost"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    messages: list[OutgoingMessage]
+    outcomes: list[Outcome]  # actions that stop here (cancelled or manual)
+
+
+def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
+    """Everything needed to render and address the actions claimed with ``token``."""
+    a, i, c, o, u, t = invoice_actions, invoices, customers, organizations, users, invoice_templates
+    stmt = (
+        select(
+            a.c.action_id, a.c.invoice_id, a.c.org_id, a.c.channel, a.c.automatic, a.c.owner_user_id,
+            a.c.attempts, a.c.status,
+            i.c.customer_id, i.c.number, i.c.issue_date, i.c.due_date, i.c.currency, i.c.total_amount,
+            i.c.accounting_status, i.c.pdf_path,
+            c.c.name.label("customer_name"), c.c.language,
+            o.c.name.label("org_name"), o.c.holidays.label("org_country"), o.c.mail_from, o.c.reply_to,
+            o.c.timezone,
+            u.c.name.label("owner_name"), u.c.email.label("owner_email"),
+            t.c.subject, t.c.body, t.c.template_file,
+        )
+        .join(i, i.c.invoice_id == a.c.invoice_id)
+        .join(o, o.c.org_id == a.c.org_id)
+        .join(t, t.c.template_id == a.c.template_id)
+        .outerjoin(c, c.c.customer_id == i.c.customer_id)
+        .outerjoin(u, u.c.user_id == a.c.owner_user_id)
+        .where(a.c.claim_token == token, a.c.status == "sending")
+        .order_by(a.c.action_id)
+    )
+    return pd.read_sql(stmt, conn)
+
+
+def _none(value: object) -> object:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+
+def prepare_messages(
+    details: pd.DataFrame,
+    recheck: pd.DataFrame,
+    recipients: pd.DataFrame,
+    deliver_at: dict[str, dt.datetime],
+    *,
+    default_sender: str | None,
+    today: dt.date,
+) -> Prepared:
+    """Messages for the actions that can go, outcomes for those that cannot."""
+    outcomes: list[Outcome] = []
+    messages: list[OutgoingMessage] = []
+    now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
+    now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
+    rec = recipients.set_index("action_id")
+    for row in details.itertuples(index=False):
+        aid, iid = row.action_id, row.invoice_id
+        status = now_status.get(iid)
+        if status is None or status == "void":
+            why = "deleted in the accounting system" if status is None else "void in the accounting system"
+            outcomes.append(Outcome(aid, iid, "cancelled", "cancelled", detail=why))
+            continue
+        r = rec.loc[aid]
+        if _none(r["problem"]) is not None:
+            outcomes.append(
+                Outcome(aid, iid, "manual", "manual", manual_reason=str(r["problem"]), detail=_none(r["problem_detail"]))
+            )
+            continue
+        context = build_context(
+            customer={"id": row.customer_id, "name": _none(row.customer_name) or "", "language": row.language},
+            invoice={
+                "id": iid,
+                "number": row.number,
+                "issue_date": row.issue_date,
+                "due_date": _none(row.due_date),
+                "currency": row.currency,
+                "total_amount": row.total_amount,
+                "status": status,
+            },
+            organization={"id": row.org_id, "name": row.org_name},
+            owner={"id": row.owner_user_id, "name": _none(row.owner_name), "email": _none(row.owner_email)},
+            today=today,
+        )
+        spec = TemplateSpec(
+            channel=row.channel,
+            subject=_none(row.subject),  # type: ignore[arg-type]
+            body=_none(row.body),  # type: ignore[arg-type]
+            template_file=_none(row.template_file),  # type: ignore[arg-type]
+        )
+        try:
+            rendered = render_message(spec, context, _none(row.language))  # type: ignore[arg-type]
+        except TemplateError as exc:
+            outcomes.append(Outcome(aid, iid, "manual", "manual", manual_reason="template_error", detail=str(exc)))
+            continue
+        attachments: tuple[Attachment, ...] = ()
+        pdf_path = _none(now_pdf.get(iid, row.pdf_path))
+        if pdf_path:
+            path = resolve(str(pdf_path))
+            try:
+                attachments = (Attachment(f"invoice-{row.number}.pdf".replace("/", "-"), path.read_bytes()),)
+            except OSError as exc:
+                outcomes.append(
+                    Outcome(aid, iid, "manual", "manual", manual_reason="missing_pdf", detail=f"{path}: {exc.strerror}")
+                )
+                continue
+        messages.append(
+            OutgoingMessage(
+                action_id=aid,
+                invoice_id=iid,
+                org_id=row.org_id,
+                channel=row.channel,
+                recipients=tuple(r["recipients"]),
+                deliver_at=deliver_at[aid],
+                subject=rendered.subject,
+                body_text=rendered.text,
+                body_html=rendered.html,
+                # From: the organization's address, else the deployment's, else the owner's.
+                sender=_none(row.mail_from) or default_sender or _none(row.owner_email) or FALLBACK_SENDER,  # type: ignore[arg-type]
+                sender_name=row.org_name,
+                reply_to=_none(row.reply_to),  # type: ignore[arg-type]
+                attachments=attachments,
+                metadata={
+                    "invoice_number": str(row.number),
+                    "customer_id": str(row.customer_id),
+                    # the letter's date is the local day it goes out, in the customer's language
+                    "date_line": format_date(
+                        deliver_at[aid].astimezone(ZoneInfo(row.timezone)).date(),
+                        format="long",
+                        locale=resolve_locale(_none(row.language)),  # type: ignore[arg-type]
+                    ),
+                },
+            )
+        )
+    return Prepared(messages, outcomes)

@@ -1,0 +1,162 @@
+"""People's operations on the to-do list and the invoices (R12–R14, CONTRACT §5).
+
+Guard clauses first: every id is checked and every refusal raised before anything is
+written, so a call naming one unknown or refused id changes nothing at all, even for the
+valid ids next to it. Repeating an operation that is already done succeeds and changes
+nothing (R14).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Engine, select, text, update
+
+from dispatch.channels.base import Channel
+from dispatch.claims import claim, new_token
+from dispatch.db.bulk import chunks
+from dispatch.db.schema import invoice_actions, invoices
+from dispatch.db.session import Database
+from dispatch.dispatcher import send_claimed
+from dispatch.errors import RefusedError, UnknownIdError
+from dispatch.events import record_events
+from dispatch.runs import RunContext
+from dispatch.settings import Settings
+from dispatch.writeback import sync_invoice_statuses
+
+OPEN_ACTION = ("scheduled", "manual")
+
+
+@dataclass
+class OperationResult:
+    changed: list[str]
+    unchanged: list[str]
+
+    def __str__(self) -> str:
+        return f"{len(self.changed)} changed, {len(self.unchanged)} already done"
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _fetch(conn, table, key: str, ids: list[str], cols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    frames = [pd.read_sql(select(*cols).where(table.c[key].in_(list(p))), conn) for p in chunks(ids)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c.name for c in cols])
+
+
+def _require_known(kind: str, ids: list[str], found: pd.Series) -> None:
+    unknown = [i for i in ids if i not in set(found)]
+    if unknown:
+        raise UnknownIdError(f"unknown {kind} id(s): {', '.join(unknown)} — nothing was changed")
+
+
+def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
+    sql = "SELECT * FROM todo_invoicing"
+    params = {}
+    if owner:
+        sql += " WHERE owner_user_id = :owner"
+        params["owner"] = owner
+    sql += " ORDER BY owner_user_id, created_at, action_id"
+    with engine.connect() as conn:
+        return pd.read_sql(text(sql), conn, params=params)
+
+
+def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
+    sql = "SELECT i.*, s.status FROM invoices i JOIN invoice_status s ON s.invoice_id = i.invoice_id"
+    params = {}
+    if status:
+        sql += " WHERE s.status = :status OR i.sending_status = :status"
+        params["status"] = status
+    sql += " ORDER BY i.org_id, i.issue_date, i.number"
+    with engine.connect() as conn:
+        return pd.read_sql(text(sql), conn, params=params)
+
+
+def ignore_actions(db: Database, action_ids: Sequence[str], at: dt.datetime, *, event: str = "ignored") -> OperationResult:
+    """Ignore actions: each invoice then counts as sent (R13)."""
+    ids = _unique(action_ids)
+    A = invoice_actions
+    with db.tx() as conn:
+        found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
+        _require_known("action", ids, found["action_id"])
+        refused = found[found["status"].isin(("sent", "cancelled", "sending"))]
+        if not refused.empty:
+            listed = ", ".join(f"{a} ({s})" for a, s in zip(refused["action_id"], refused["status"], strict=True))
+            raise RefusedError(f"cannot ignore action(s) already sent, cancelled or being sent: {listed} — nothing was changed")
+        todo = found[found["status"].isin(OPEN_ACTION)]
+        for part in chunks(todo["action_id"].tolist()):
+            conn.execute(
+                update(A).where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                .values(status="ignored", updated_at=at)
+            )
+        record_events(conn, zip(todo["action_id"], todo["invoice_id"], strict=True), event=event, at=at, run_id=None)
+        sync_invoice_statuses(conn, todo["invoice_id"].tolist())
+    return OperationResult(todo["action_id"].tolist(), found.loc[found["status"] == "ignored", "action_id"].tolist())
+
+
+def mark_sent(db: Database, invoice_ids: Sequence[str], at: dt.datetime) -> OperationResult:
+    """Mark invoices as sent without sending anything (R14); closes their open action."""
+    ids = _unique(invoice_ids)
+    I, A = invoices, invoice_actions
+    with db.tx() as conn:
+        found = _fetch(conn, I, "invoice_id", ids, [I.c.invoice_id, I.c.sending_status])
+        _require_known("invoice", ids, found["invoice_id"])
+        acts = _fetch(conn, A, "invoice_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
+        cancelled = found[found["sending_status"] == "cancelled"]
+        sending = acts[acts["status"] == "sending"]
+        if not cancelled.empty or not sending.empty:
+            bad = [f"{i} (cancelled)" for i in cancelled["invoice_id"]] + [f"{i} (being sent)" for i in sending["invoice_id"]]
+            raise RefusedError(f"cannot mark as sent: {', '.join(bad)} — nothing was changed")
+        todo = found.loc[found["sending_status"] == "to_send", "invoice_id"].tolist()
+        open_acts = acts[acts["invoice_id"].isin(todo) & acts["status"].isin(OPEN_ACTION)]
+        for part in chunks(open_acts["action_id"].tolist()):
+            conn.execute(
+                update(A).where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                .values(status="ignored", updated_at=at)
+            )
+        record_events(
+            conn, zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
+            event="marked_sent", at=at, run_id=None,
+        )
+        for part in chunks(todo):
+            conn.execute(
+                update(I).where(I.c.invoice_id.in_(list(part)), I.c.sending_status == "to_send")
+                .values(sending_status="sent", sent_how="marked_sent", sent_at=at)
+            )
+    return OperationResult(todo, [i for i in ids if i not in set(todo)])
+
+
+def send_action_now(
+    db: Database,
+    accounting: Engine,
+    action_id: str,
+    at: dt.datetime,
+    channels: dict[str, Channel],
+    settings: Settings,
+) -> dict:
+    """A person sends a manual action through its channel now (R12)."""
+    A = invoice_actions
+    with db.read() as conn:
+        row = conn.execute(select(A.c.status, A.c.invoice_id).where(A.c.action_id == action_id)).first()
+    if row is None:
+        raise UnknownIdError(f"unknown action id: {action_id} — nothing was changed")
+    if row.status not in OPEN_ACTION:
+        raise RefusedError(f"cannot send action {action_id}: it is {row.status} — nothing was changed")
+    ctx = RunContext.new(at, run_id=f"manual__{at:%Y%m%dT%H%M%SZ}__{action_id}")
+    token = new_token(ctx.run_id, "manual")
+    with db.tx() as conn:
+        won = claim(conn, [action_id], token=token, ctx=ctx, from_status=row.status)
+    if not won:
+        raise RefusedError(f"action {action_id} changed while we looked at it; try again")
+    counts = send_claimed(db, accounting, ctx, token, {action_id: ctx.as_of}, channels, settings, manual=True)
+    with db.tx() as conn:
+        sync_invoice_statuses(conn, [row.invoice_id])
+        after = conn.execute(
+            select(A.c.status, A.c.manual_reason, A.c.detail, A.c.recipient, A.c.provider_message_id)
+            .where(A.c.action_id == action_id)
+        ).first()
+    return {"action_id": action_id, "events": dict(counts), **after._asdict()}  # type: ignore[union-attr]

@@ -1,0 +1,97 @@
+"""The whole daily run in one process (``dispatch run``): the stages the DAG runs as tasks.
+
+Each stage is a function taking the dispatch database, the run context and what else it
+needs, and returning a small summary; the DAG calls the same functions one per task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from dispatch.channels.base import Channel
+from dispatch.channels.factory import build_channels
+from dispatch.db.engine import make_engine
+from dispatch.db.migrate import is_current
+from dispatch.db.session import Database
+from dispatch.dispatcher import dispatch_batch
+from dispatch.due import compute_due_sends
+from dispatch.errors import DispatchError
+from dispatch.extract import extract_invoices
+from dispatch.runs import RunContext, fail_run, start_run
+from dispatch.settings import Settings
+from dispatch.tagging import tag_new_invoices
+from dispatch.template_resolution import resolve_templates
+from dispatch.writeback import write_back
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    as_of: dt.datetime
+    horizon: dt.datetime
+    stages: dict[str, dict] = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Engines:
+    dispatch: Engine
+    accounting: Engine
+
+    @staticmethod
+    def from_settings(settings: Settings) -> Engines:
+        return Engines(make_engine(settings.dispatch_db_url), make_engine(settings.accounting_db_url, readonly=True))
+
+
+def ensure_schema(engine: Engine) -> None:
+    if not is_current(engine):
+        raise DispatchError("the dispatch database is not initialized or not up to date: run `dispatch db init`")
+
+
+def run_pipeline(
+    settings: Settings,
+    as_of: dt.datetime,
+    *,
+    run_id: str | None = None,
+    horizon: dt.datetime | None = None,
+    engines: Engines | None = None,
+    db: Database | None = None,
+    channels: dict[str, Channel] | None = None,
+    progress=None,  # type: ignore[no-untyped-def]
+) -> RunReport:
+    """extract → tag → resolve templates → compute due → dispatch (batches) → write back."""
+    engines = engines or Engines.from_settings(settings)
+    ensure_schema(engines.dispatch)
+    db = db or Database(engines.dispatch)
+    channels = channels if channels is not None else build_channels(settings)
+    ctx = RunContext.new(as_of, run_id=run_id, horizon=horizon)
+    report = RunReport(ctx.run_id, ctx.as_of, ctx.horizon)
+    say = progress or (lambda msg: log.info(msg))
+    start_run(db, ctx)
+    try:
+        report.stages["extract"] = extract_invoices(db, engines.accounting, ctx, settings.extract_lookback).as_dict()
+        say(f"extract: {report.stages['extract']}")
+        report.stages["tag"] = tag_new_invoices(db, ctx).as_dict()
+        say(f"tag: {report.stages['tag']}")
+        report.stages["resolve_templates"] = resolve_templates(db, ctx).as_dict()
+        say(f"resolve templates: {report.stages['resolve_templates']}")
+        due = compute_due_sends(db, ctx, channels, settings)
+        report.stages["compute_due"] = due.as_dict()
+        say(f"compute due: {report.stages['compute_due']}")
+        batches = []
+        for b in range(due.batches):
+            summary = dispatch_batch(db, engines.accounting, ctx, b, channels, settings)
+            batches.append(summary.as_dict())
+            say(f"dispatch batch {b + 1}/{due.batches}: {summary.as_dict()['events']}")
+        report.stages["dispatch"] = {"batches": batches}
+        report.counts = write_back(db, ctx)
+    except BaseException:
+        fail_run(db, ctx.run_id)
+        raise
+    return report

@@ -1,0 +1,137 @@
+"""Stage 3, resolve templates: one invoicing action per ``to_send`` invoice (R5–R8).
+
+The template is the one of the plan assigned to the customer that OWNS the invoice in
+the accounting system (R7) — never the parent's: a child without a plan gets no action
+(R8) and its invoice stays listed by ``invoices_without_template`` until a plan is
+assigned; the next run then creates the action. The action is scheduled at creation
+(SPEC "Time") and keeps its template version for good.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Connection, func, select
+
+from dispatch.db.bulk import dialect_insert
+from dispatch.db.schema import (
+    customer_plans,
+    invoice_actions,
+    invoice_templates,
+    invoices,
+    organizations,
+    plans,
+)
+from dispatch.db.session import Database
+from dispatch.events import record_events
+from dispatch.runs import RunContext
+from dispatch.scheduling import scheduled_instants
+
+ACTION_NAMESPACE = uuid.UUID("6f1c8c52-8f7e-4d59-9a53-8c9d2b7f0a11")
+
+
+def action_id_for(invoice_id: str) -> str:
+    """Deterministic: the one action of an invoice always has the same id (and outbox file)."""
+    return "act_" + uuid.uuid5(ACTION_NAMESPACE, invoice_id).hex
+
+
+@dataclass
+class ResolveSummary:
+    created: int = 0
+    without_template: int = 0
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _candidates(conn: Connection) -> pd.DataFrame:
+    has_action = select(invoice_actions.c.invoice_id).where(invoice_actions.c.invoice_id == invoices.c.invoice_id)
+    stmt = (
+        select(
+            invoices.c.invoice_id,
+            invoices.c.org_id,
+            invoices.c.issue_date,
+            invoices.c.first_seen_at,
+            plans.c.plan_id,
+            invoice_templates.c.template_id,
+            invoice_templates.c.channel,
+            invoice_templates.c.automatic,
+            invoice_templates.c.delay_days,
+            func.coalesce(invoice_templates.c.owner_user_id, organizations.c.default_owner).label("owner_user_id"),
+            organizations.c.timezone,
+            organizations.c.send_time,
+            organizations.c.holidays,
+        )
+        .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
+        .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
+        .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
+        .join(organizations, organizations.c.org_id == invoices.c.org_id)
+        .where(invoices.c.sending_status == "to_send", ~has_action.exists())
+        .order_by(invoices.c.invoice_id)
+    )
+    return pd.read_sql(stmt, conn)
+
+
+def resolve_templates(db: Database, ctx: RunContext) -> ResolveSummary:
+    summary = ResolveSummary()
+    with db.tx() as conn:
+        cand = _candidates(conn)
+        if not cand.empty:
+            cand["first_seen_at"] = pd.to_datetime(cand["first_seen_at"], utc=True)
+            sched = scheduled_instants(cand)
+            actions = pd.DataFrame(
+                {
+                    "action_id": cand["invoice_id"].map(action_id_for),
+                    "invoice_id": cand["invoice_id"],
+                    "org_id": cand["org_id"],
+                    "plan_id": cand["plan_id"],
+                    "template_id": cand["template_id"],
+                    "channel": cand["channel"],
+                    "automatic": cand["automatic"].astype(bool),
+                    "owner_user_id": cand["owner_user_id"],
+                    "scheduled_for": pd.to_datetime(sched["scheduled_for"], utc=True),
+                    "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
+                }
+            )
+            rows = actions.astype(object).where(actions.notna(), None).to_dict("records")
+            for row in rows:
+                row["scheduled_for"] = row["scheduled_for"].to_pydatetime()
+                row.update(status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of)
+            stmt = (
+                dialect_insert(conn, invoice_actions)
+                .on_conflict_do_nothing(index_elements=["invoice_id"])
+                .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id, sort_by_parameter_order=True)
+            )
+            created = conn.execute(stmt, rows).all()
+            by_id = {r["action_id"]: r for r in rows}
+            details = {
+                a: f"template {by_id[a]['template_id']}, {by_id[a]['channel']}, "
+                f"{'automatic' if by_id[a]['automatic'] else 'manual'}, scheduled for "
+                f"{by_id[a]['scheduled_for'].isoformat()}"
+                for a, _ in created
+            }
+            record_events(
+                conn,
+                [(a, i) for a, i in created],
+                event="created",
+                at=ctx.as_of,
+                run_id=ctx.run_id,
+                details=details,
+            )
+            summary.created = len(created)
+        summary.without_template = int(
+            conn.execute(
+                select(func.count())
+                .select_from(invoices)
+                .where(
+                    invoices.c.sending_status == "to_send",
+                    ~select(invoice_actions.c.invoice_id)
+                    .where(invoice_actions.c.invoice_id == invoices.c.invoice_id)
+                    .exists(),
+                )
+            ).scalar()
+            or 0
+        )
+    return summary

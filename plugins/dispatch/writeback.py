@@ -1,0 +1,129 @@
+"""Stage 6, write back: invoice sending statuses from their actions, and the run's counts.
+
+Invoices follow their action in one set-based UPDATE per outcome, so the invoice tables
+analysts read never disagree with the actions for longer than one task; the same function
+serves people's operations for a handful of ids. The counts prove SPEC B2: every imported
+invoice is in exactly one outcome, and the outcomes add up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, and_, case, exists, func, literal, or_, select, update
+
+from dispatch.db.schema import action_events, invoice_actions, invoices, rejected_invoices
+from dispatch.db.session import Database
+from dispatch.runs import RunContext, finish_run
+
+A = invoice_actions
+
+
+def _action_of_invoice(*conds):  # type: ignore[no-untyped-def]
+    return and_(A.c.invoice_id == invoices.c.invoice_id, *conds)
+
+
+def sync_invoice_statuses(conn: Connection, invoice_ids: Sequence[str] | None = None) -> int:
+    """Move ``to_send`` invoices whose action is settled to sent / cancelled."""
+    scope = [invoices.c.sending_status == "to_send"]
+    if invoice_ids is not None:
+        scope.append(invoices.c.invoice_id.in_(list(invoice_ids)))
+    sent_manually = exists().where(
+        action_events.c.action_id == A.c.action_id, action_events.c.event == "sent_manually"
+    )
+    settled_at = select(A.c.updated_at).where(_action_of_invoice()).scalar_subquery()
+    how = (
+        select(case((A.c.status == "ignored", "ignored"), (sent_manually, "manual"), else_="automatic"))
+        .where(_action_of_invoice())
+        .scalar_subquery()
+    )
+    n = conn.execute(
+        update(invoices)
+        .where(*scope, exists().where(_action_of_invoice(A.c.status.in_(("sent", "ignored")))))
+        .values(sending_status="sent", sent_at=settled_at, sent_how=how)
+    ).rowcount
+    n += conn.execute(
+        update(invoices)
+        .where(*scope, exists().where(_action_of_invoice(A.c.status == "cancelled")))
+        .values(sending_status="cancelled")
+    ).rowcount
+    return int(n or 0)
+
+
+OUTCOMES = (
+    "sent",
+    "manual",
+    "ignored_or_marked_sent",
+    "cancelled",
+    "scheduled",
+    "without_template",
+    "not_required",
+)
+
+
+def outcome_totals(conn: Connection) -> dict[str, int]:
+    """Every imported invoice in exactly one outcome (SPEC B2), plus rejected rows."""
+    status_of_action = select(A.c.status).where(A.c.invoice_id == invoices.c.invoice_id).scalar_subquery()
+    category = case(
+        (and_(invoices.c.sending_status == "sent", invoices.c.sent_how.in_(("ignored", "marked_sent"))),
+         literal("ignored_or_marked_sent")),
+        (invoices.c.sending_status == "sent", literal("sent")),
+        (invoices.c.sending_status == "cancelled", literal("cancelled")),
+        (or_(invoices.c.sending_status == "not_required", invoices.c.sending_status.is_(None)),
+         literal("not_required")),
+        (status_of_action == "manual", literal("manual")),
+        (status_of_action.in_(("scheduled", "sending")), literal("scheduled")),
+        (status_of_action.is_(None), literal("without_template")),
+        else_=literal("sent"),  # action settled, invoice synced by the next write-back
+    ).label("outcome")
+    rows = conn.execute(select(category, func.count()).group_by(category)).all()
+    totals = {k: 0 for k in OUTCOMES}
+    totals.update({str(k): int(v) for k, v in rows})
+    totals["imported"] = sum(totals[k] for k in OUTCOMES)
+    never_imported = ~exists().where(invoices.c.invoice_id == rejected_invoices.c.invoice_id)
+    totals["rejected"] = int(
+        conn.execute(
+            select(func.count(func.distinct(func.coalesce(rejected_invoices.c.invoice_id, rejected_invoices.c.row))))
+            .where(never_imported)
+        ).scalar()
+        or 0
+    )
+    return totals
+
+
+def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
+    """What this run did, from the event log and the import columns."""
+    events = dict(
+        conn.execute(
+            select(action_events.c.event, func.count()).where(action_events.c.run_id == run_id).group_by(action_events.c.event)
+        ).all()
+    )
+    manual_reasons = dict(
+        conn.execute(
+            select(A.c.manual_reason, func.count())
+            .select_from(action_events.join(A, A.c.action_id == action_events.c.action_id))
+            .where(action_events.c.run_id == run_id, action_events.c.event == "manual", A.c.status == "manual")
+            .group_by(A.c.manual_reason)
+        ).all()
+    )
+    imported = conn.execute(
+        select(func.count()).select_from(invoices).where(invoices.c.first_seen_run_id == run_id)
+    ).scalar()
+    rejected = conn.execute(
+        select(func.count()).select_from(rejected_invoices).where(rejected_invoices.c.run_id == run_id)
+    ).scalar()
+    out = {f"events.{k}": int(v) for k, v in events.items()}
+    out.update({f"manual.{k}": int(v) for k, v in manual_reasons.items() if k})
+    out["imported"] = int(imported or 0)
+    out["rejected"] = int(rejected or 0)
+    return out
+
+
+def write_back(db: Database, ctx: RunContext, *, finish: bool = True) -> dict:
+    """Sync invoices, compute counts, close the run; returns {'run': …, 'totals': …}."""
+    with db.tx() as conn:
+        synced = sync_invoice_statuses(conn)
+        counts = {"run": run_counts(conn, ctx.run_id), "totals": outcome_totals(conn), "synced": synced}
+        if finish:
+            finish_run(conn, ctx.run_id, counts)
+    return counts
