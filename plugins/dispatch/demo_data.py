@@ -127,7 +127,10 @@ _CONTACTS: tuple[_Contact, ...] = (
     _Contact("acme_c_durand", "Service comptable", "compta@groupe-durand.example"),
     _Contact("acme_c_durand_lyon", "Marc Durand", "factures.lyon@groupe-durand.example"),
     _Contact(
-        "acme_c_durand_nantes", "Sophie Lambert", "sophie.lambert@groupe-durand.example", phone="06 12 34 56 78"
+        "acme_c_durand_nantes",
+        "Sophie Lambert",
+        "sophie.lambert@groupe-durand.example",
+        phone="06 12 34 56 78",
     ),
     _Contact("acme_c_durand_lille", "Comptabilité Lille", "lille@groupe-durand.example"),
     # two billing addresses: one e-mail to both; the workshop is not billing
@@ -307,9 +310,7 @@ _PLACED: tuple[_Placed, ...] = (
     _Placed(_N["us_no_pdf"], "hudson_c_patel", -3, 0, 15, "325.10", pdf=False),
     # B6: rows the extract must reject (the duplicate's number is filled in by _number_invoices)
     _Placed(MALFORMED["missing_issue_date"], "acme_c_martin", None, 2, 10, "410.00", pdf=False),
-    _Placed(
-        MALFORMED["unknown_customer"], UNKNOWN_CUSTOMER_ID, -2, 0, 12, "99.00", org_id="hudson_ny"
-    ),
+    _Placed(MALFORMED["unknown_customer"], UNKNOWN_CUSTOMER_ID, -2, 0, 12, "99.00", org_id="hudson_ny"),
     _Placed(MALFORMED["bad_currency_euro"], "acme_c_blanc", -3, 1, 9, "150.00", currency="EURO"),
     _Placed(MALFORMED["bad_currency_xx1"], "hudson_c_rivera", -2, 1, 11, "720.00", currency="xx1"),
     _Placed(MALFORMED["negative_total"], "acme_c_perrin", -3, 0, 16, "-180.00"),
@@ -441,7 +442,7 @@ def _ordinary_invoices(rng: np.random.Generator, count: int) -> list[_Placed]:
         lag = np.maximum(lag, issue - (LAST_ISSUE_OFFSET - 1))  # updated_at before today + 10
         hour = rng.integers(6, 21, size=n)
         minute = rng.integers(0, 60, size=n)
-        cents = np.round(rng.lognormal(mean=6.4, sigma=0.9, size=n), 2)
+        amounts = np.round(rng.lognormal(mean=6.4, sigma=0.9, size=n), 2)
         status = rng.choice(np.array(["open", "paid", "void"]), size=n, p=[0.86, 0.12, 0.02])
         status[(status == "paid") & (issue > -5)] = "open"  # paid takes a few days
         terms = rng.choice(np.array([15, 30, 45]), size=n, p=[0.2, 0.6, 0.2])
@@ -456,7 +457,7 @@ def _ordinary_invoices(rng: np.random.Generator, count: int) -> list[_Placed]:
                     lag=int(lag[i]),
                     hour=int(hour[i]),
                     minute=int(minute[i]),
-                    amount=f"{cents[i]:.2f}",
+                    amount=f"{amounts[i]:.2f}",
                     status=str(status[i]),
                     pdf=bool(has_pdf[i]),
                     terms=int(terms[i]),

@@ -21,6 +21,7 @@ Use (each fake is a context manager and works as a pytest fixture)::
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.parser
 import email.policy
 import gzip
@@ -34,15 +35,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, ClassVar
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from tests.fakes.openapi import OpenApiDocument, Operation, Problem, load_document
 
 __all__ = [
-    "Fault",
     "FakeHTTPProvider",
+    "Fault",
     "Problem",
     "RecordedRequest",
     "Refused",
@@ -175,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr lines; the fake keeps its own log."""
 
     def _read_body(self) -> bytes:
@@ -214,18 +215,14 @@ class _Handler(BaseHTTPRequestHandler):
     def drop(self) -> None:
         """Close the connection without answering (the client reads end-of-stream)."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def reset(self) -> None:
         """Abort the connection with a TCP RST (SO_LINGER 0), without answering."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
         self.connection.close()
 
 
@@ -258,12 +255,13 @@ class FakeHTTPProvider:
         self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
+        self.errors: list[BaseException] = []  # the fake's own failures (a bug in it, not the provider)
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> FakeHTTPProvider:
+    def start(self) -> Self:
         """Listen on 127.0.0.1 at a free port, serving from a daemon thread."""
         if self._httpd is not None:
             return self
@@ -291,11 +289,13 @@ class FakeHTTPProvider:
         self._httpd = None
         self._thread = None
 
-    def __enter__(self) -> FakeHTTPProvider:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if exc_type is None and self.errors:
+            raise AssertionError(f"the fake {type(self).__name__} failed while serving: {self.errors[0]!r}")
 
     @property
     def port(self) -> int:
@@ -331,6 +331,7 @@ class FakeHTTPProvider:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self.errors.clear()
 
     # -- faults -----------------------------------------------------------------------------
     def inject(
@@ -526,14 +527,18 @@ class FakeHTTPProvider:
         except Refused as refusal:
             request.problems = list(refusal.problems)
             return self.refusal_reply(refusal.problems)
+        except Exception as error:  # a bug of the fake: answer, and fail the test at __exit__
+            self.errors.append(error)
+            return Reply(500, {"fake_server_error": repr(error)})
         return reply
 
 
 def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, Any]], dict[str, UploadedFile]]:
-    """Fields and files of a multipart/form-data body; a file field's value is its file name.
+    """Fields and files of a multipart/form-data body; a file field's value is ``upload.<ext>``.
 
-    The file name stands in for the field's value because that is how Lob's document describes
-    an uploaded file (a local ``….pdf`` name), so the body can be checked against it.
+    Lob's document describes an uploaded file as a local file name (``….pdf``/``….html``) whose
+    pattern allows no ``-``: the name's extension is kept, so the kind of file is checked, and the
+    rest replaced, so a real name like ``F-2026-0001.pdf`` is not refused for its characters.
     """
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
@@ -549,7 +554,7 @@ def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, Any
         filename = part.get_filename()
         if filename is not None:
             files[str(name)] = UploadedFile(filename, part.get_content_type(), payload)
-            pairs.append((str(name), filename))
+            pairs.append((str(name), "upload" + PurePosixPath(filename).suffix.lower()))
         else:
             pairs.append((str(name), payload.decode(part.get_content_charset() or "utf-8", "replace")))
     return pairs, files

@@ -225,15 +225,17 @@ class FakeSendGrid(FakeHTTPProvider):
                 "If present, text/plain must be first, followed by text/html, followed by any other content.",
                 "order",
             )
-        if not template and not body.get("subject"):
-            if not personalizations or not all(p.get("subject") for p in personalizations):
-                yield Problem(
-                    "body",
-                    "subject",
-                    "The subject is required. You can get around this requirement if you use a template with "
-                    "a subject defined or if every personalization has a subject defined.",
-                    "required",
-                )
+        every_personalization_has_subject = bool(personalizations) and all(
+            p.get("subject") for p in personalizations
+        )
+        if not template and not body.get("subject") and not every_personalization_has_subject:
+            yield Problem(
+                "body",
+                "subject",
+                "The subject is required. You can get around this requirement if you use a template with "
+                "a subject defined or if every personalization has a subject defined.",
+                "required",
+            )
         if "reply_to" in body and "reply_to_list" in body:
             yield Problem(
                 "body",

@@ -90,9 +90,18 @@ class DeliveryUnknownError(ChannelError):
 
 class FatalChannelError(ChannelError):
     """Authentication or configuration error (401/403, unknown host): stop the batch and
-    touch no action, so that a bad key never turns a day's invoices into manual tasks."""
+    touch no action, so that a bad key never turns a day's invoices into manual tasks.
+
+    ``results`` (when set by ``send_many``) holds, per message of the call, the outcome of
+    the messages that were handed over before the stop, and ``None`` for the others: the
+    dispatcher records the former and gives the latter back untouched.
+    """
 
     reason = "configuration_error"
+
+    def __init__(self, message: str, results: list[SendResult | ChannelError | None] | None = None) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 @runtime_checkable
@@ -118,6 +127,6 @@ class Channel(Protocol):
         stop. Implementations may send concurrently.
         """
 
-    def was_handed_over(self, action_id: str) -> SendResult | None | bool:
+    def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """For an action a dead run left ``sending``: the result if the provider is known to
         have the message, ``False`` if it is known not to, ``None`` if it cannot tell."""
