@@ -93,7 +93,11 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
 
 
 def abandoned_claims(
-    conn: Connection, ctx: RunContext, lease: dt.timedelta, *, same_scope_prefix: str | None = None,
+    conn: Connection,
+    ctx: RunContext,
+    lease: dt.timedelta,
+    *,
+    same_scope_prefix: str | None = None,
     own_token: str | None = None,
 ) -> pd.DataFrame:
     """Actions left ``sending`` by a run that died: the claim is older than the lease on the
@@ -150,28 +154,42 @@ def settle_abandoned(
                 if isinstance(known, SendResult):
                     outcomes.append(
                         Outcome(
-                            rec.action_id, rec.invoice_id, "sent", "settled_sent",
+                            rec.action_id,
+                            rec.invoice_id,
+                            "sent",
+                            "settled_sent",
                             detail=f"left sending by a dead run; {known.provider} has the message",
-                            recipient=rec.recipient, deliver_at=known.deliver_at,
-                            provider=known.provider, provider_message_id=known.provider_message_id,
+                            recipient=rec.recipient,
+                            deliver_at=known.deliver_at,
+                            provider=known.provider,
+                            provider_message_id=known.provider_message_id,
                         )
                     )
                 elif known is False:
                     outcomes.append(
                         Outcome(
-                            rec.action_id, rec.invoice_id, "scheduled", "claim_released",
+                            rec.action_id,
+                            rec.invoice_id,
+                            "scheduled",
+                            "claim_released",
                             detail="left sending by a dead run; the message was never handed over",
                         )
                     )
                 else:
                     outcomes.append(
                         Outcome(
-                            rec.action_id, rec.invoice_id, "manual", "manual", manual_reason="delivery_unknown",
+                            rec.action_id,
+                            rec.invoice_id,
+                            "manual",
+                            "manual",
+                            manual_reason="delivery_unknown",
                             detail="left sending by a dead run; the provider may or may not have accepted it",
                             recipient=rec.recipient,
                         )
                     )
-            for k, v in apply_outcomes(conn, outcomes, token=str(token), at=ctx.as_of, run_id=ctx.run_id).items():
+            for k, v in apply_outcomes(
+                conn, outcomes, token=str(token), at=ctx.as_of, run_id=ctx.run_id
+            ).items():
                 counts[k] = counts.get(k, 0) + v
     if counts:
         log.warning("settled claims left by dead runs: %s", counts)

@@ -69,7 +69,9 @@ def _jsonable(value: Any) -> Any:
         return None
     if isinstance(value, pd.Timestamp | dt.datetime):
         ts = pd.Timestamp(value)
-        return (ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")).isoformat().replace("+00:00", "Z")
+        return (
+            (ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")).isoformat().replace("+00:00", "Z")
+        )
     if isinstance(value, dt.date):
         return value.isoformat()
     if hasattr(value, "item"):
@@ -92,7 +94,8 @@ def emit(df: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> N
         return
     from tabulate import tabulate
 
-    shown = df.map(lambda v: "" if _jsonable(v) is None else _jsonable(v))
+    # one line per row: multi-line values (postal addresses) are joined with " / "
+    shown = df.map(lambda v: "" if _jsonable(v) is None else str(_jsonable(v)).replace("\n", " / "))
     click.echo(tabulate(shown.to_dict("list"), headers="keys", tablefmt="simple"))
     click.echo(f"({len(df)} rows)")
 
@@ -165,7 +168,7 @@ def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
 
     from dispatch.db.engine import make_engine
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         return None
     try:
         engine = make_engine(url, readonly=True)
@@ -191,9 +194,18 @@ def run(at: str | None, as_json: bool) -> None:
     say = (lambda m: click.echo(m, err=True)) if not as_json else None
     report = run_pipeline(_settings(), as_of, progress=say)
     if as_json:
-        click.echo(json.dumps({"run_id": report.run_id, "as_of": report.as_of.isoformat(),
-                               "horizon": report.horizon.isoformat(), "stages": report.stages,
-                               "counts": report.counts}, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": report.run_id,
+                    "as_of": report.as_of.isoformat(),
+                    "horizon": report.horizon.isoformat(),
+                    "stages": report.stages,
+                    "counts": report.counts,
+                },
+                default=str,
+            )
+        )
         return
     click.echo(format_report(report))
 
@@ -202,7 +214,8 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
     run_c = report.counts.get("run", {})
     totals = report.counts.get("totals", {})
     lines = [
-        f"run {report.run_id} as of {report.as_of:%Y-%m-%d %H:%M}Z (covers until {report.horizon:%Y-%m-%d %H:%M}Z)",
+        f"run {report.run_id} as of {report.as_of:%Y-%m-%d %H:%M}Z "
+        f"(covers until {report.horizon:%Y-%m-%d %H:%M}Z)",
         f"  imported {run_c.get('imported', 0)}, rejected {run_c.get('rejected', 0)}, "
         f"actions created {run_c.get('events.created', 0)}",
         f"  sent {run_c.get('events.sent', 0)}, to do {run_c.get('events.manual', 0)}, "
@@ -212,9 +225,20 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
     if reasons:
         lines.append("  to do by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     lines.append(
-        "  all invoices: " + ", ".join(f"{k} {totals.get(k, 0)}" for k in (
-            "sent", "manual", "ignored_or_marked_sent", "cancelled", "scheduled", "without_template",
-            "not_required")) + f" = {totals.get('imported', 0)} imported; {totals.get('rejected', 0)} rejected"
+        "  all invoices: "
+        + ", ".join(
+            f"{k} {totals.get(k, 0)}"
+            for k in (
+                "sent",
+                "manual",
+                "ignored_or_marked_sent",
+                "cancelled",
+                "scheduled",
+                "without_template",
+                "not_required",
+            )
+        )
+        + f" = {totals.get('imported', 0)} imported; {totals.get('rejected', 0)} rejected"
     )
     return "\n".join(lines)
 
@@ -235,8 +259,19 @@ def preview(at: str | None, as_json: bool) -> None:
 # --- todo ---------------------------------------------------------------------------------
 
 TODO_COLUMNS = [
-    "action_id", "invoice_id", "invoice_number", "org_id", "customer_id", "customer_name", "channel",
-    "owner_user_id", "manual_reason", "created_at", "detail", "recipient", "manual_since",
+    "action_id",
+    "invoice_id",
+    "invoice_number",
+    "org_id",
+    "customer_id",
+    "customer_name",
+    "channel",
+    "owner_user_id",
+    "manual_reason",
+    "created_at",
+    "detail",
+    "recipient",
+    "manual_since",
 ]
 
 
@@ -278,11 +313,18 @@ def todo_send(action_id: str, at: str | None) -> None:
 
     db, settings = _db_and_settings()
     result = send_action_now(
-        db, make_engine(settings.accounting_db_url, readonly=True), action_id, parse_instant(at),
-        build_channels(settings), settings,
+        db,
+        make_engine(settings.accounting_db_url, readonly=True),
+        action_id,
+        parse_instant(at),
+        build_channels(settings),
+        settings,
     )
     if result["status"] != "sent":
-        raise Fail(f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); it stays in the to-do list")
+        raise Fail(
+            f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); "
+            "it stays in the to-do list"
+        )
     click.echo(f"sent {action_id} to {result['recipient']} ({result['provider_message_id']})")
 
 
@@ -315,8 +357,23 @@ def invoices(ctx: click.Context, status: str | None, as_json: bool) -> None:
     from dispatch.operations import invoice_list
 
     df = invoice_list(make_engine(_settings().dispatch_db_url), status)
-    cols = None if as_json else ["invoice_id", "org_id", "customer_id", "number", "issue_date", "due_date",
-                                 "currency", "total_amount", "sending_status", "sent_how", "status"]
+    cols = (
+        None
+        if as_json
+        else [
+            "invoice_id",
+            "org_id",
+            "customer_id",
+            "number",
+            "issue_date",
+            "due_date",
+            "currency",
+            "total_amount",
+            "sending_status",
+            "sent_how",
+            "status",
+        ]
+    )
     emit(df, as_json, cols)
 
 
@@ -350,14 +407,25 @@ def demo(today: str | None, seed: int) -> None:
 
     settings = _settings()
     day = dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
-    summary = build_demo(settings.accounting_db_url, resolve("var/demo/pdfs"), day, seed,
-                         config_out=resolve("var/demo/config.yaml"))
+    summary = build_demo(
+        settings.accounting_db_url,
+        resolve("var/demo/pdfs"),
+        day,
+        seed,
+        config_out=resolve("var/demo/config.yaml"),
+    )
     engine = make_engine(settings.dispatch_db_url)
     upgrade(engine)
-    loaded = load_config_file(summary.config_path, engine, accounting_engine=make_engine(settings.accounting_db_url),
-                              now=dt.datetime.now(dt.UTC))
-    click.echo(f"demo accounting database: {summary.invoices} invoices ({summary.malformed} malformed), "
-               f"{summary.customers} customers, {summary.pdfs} PDFs")
+    loaded = load_config_file(
+        summary.config_path,
+        engine,
+        accounting_engine=make_engine(settings.accounting_db_url),
+        now=dt.datetime.now(dt.UTC),
+    )
+    click.echo(
+        f"demo accounting database: {summary.invoices} invoices ({summary.malformed} malformed), "
+        f"{summary.customers} customers, {summary.pdfs} PDFs"
+    )
     click.echo(f"demo configuration: {summary.config_path}")
     click.echo(str(loaded))
 

@@ -43,12 +43,20 @@ def reset_embedded_state(settings: Settings) -> None:
 
 def prepare(settings: Settings, today: dt.date):  # type: ignore[no-untyped-def]
     reset_embedded_state(settings)
-    summary = build_demo(settings.accounting_db_url, resolve("var/demo/pdfs"), today,
-                         config_out=resolve("var/demo/config.yaml"))
+    summary = build_demo(
+        settings.accounting_db_url,
+        resolve("var/demo/pdfs"),
+        today,
+        config_out=resolve("var/demo/config.yaml"),
+    )
     engine = make_engine(settings.dispatch_db_url)
     upgrade(engine)
-    load_config_file(summary.config_path, engine, accounting_engine=make_engine(settings.accounting_db_url),
-                     now=dt.datetime.now(dt.UTC))
+    load_config_file(
+        summary.config_path,
+        engine,
+        accounting_engine=make_engine(settings.accounting_db_url),
+        now=dt.datetime.now(dt.UTC),
+    )
     return summary
 
 
@@ -72,12 +80,20 @@ def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # ty
     print("\nOutcomes per run")
     print(tabulate(lines, headers="keys"))
     with engine.connect() as conn:
-        totals = pd.read_sql(text(
-            "SELECT sending_status, COALESCE(sent_how, '') AS sent_how, count(*) AS invoices "
-            "FROM invoices GROUP BY sending_status, sent_how ORDER BY 1, 2"), conn)
-        channels = pd.read_sql(text(
-            "SELECT channel, status, COALESCE(manual_reason, '') AS reason, count(*) AS actions "
-            "FROM invoice_actions GROUP BY channel, status, manual_reason ORDER BY 1, 2, 3"), conn)
+        totals = pd.read_sql(
+            text(
+                "SELECT sending_status, COALESCE(sent_how, '') AS sent_how, count(*) AS invoices "
+                "FROM invoices GROUP BY sending_status, sent_how ORDER BY 1, 2"
+            ),
+            conn,
+        )
+        channels = pd.read_sql(
+            text(
+                "SELECT channel, status, COALESCE(manual_reason, '') AS reason, count(*) AS actions "
+                "FROM invoice_actions GROUP BY channel, status, manual_reason ORDER BY 1, 2, 3"
+            ),
+            conn,
+        )
         without = pd.read_sql(text("SELECT * FROM invoices_without_template ORDER BY invoice_id"), conn)
         rejected = pd.read_sql(text("SELECT invoice_id, reason FROM rejected_invoices ORDER BY reason"), conn)
     print("\nInvoices by sending status")
@@ -87,24 +103,39 @@ def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # ty
     todo = todo_list(engine)
     print(f"\nTo-do list (Invoicing): {len(todo)} open manual actions")
     if not todo.empty:
-        print(tabulate(todo[["owner_user_id", "invoice_number", "customer_name", "channel", "manual_reason"]],
-                       headers="keys", showindex=False))
+        print(
+            tabulate(
+                todo[["owner_user_id", "invoice_number", "customer_name", "channel", "manual_reason"]],
+                headers="keys",
+                showindex=False,
+            )
+        )
     print(f"\nTo send, without template (assign a plan): {', '.join(without['invoice_id']) or 'none'}")
-    print("Rejected at import: " + (", ".join(f"{i} ({r})" for i, r in rejected.itertuples(index=False)) or "none"))
+    print(
+        "Rejected at import: "
+        + (", ".join(f"{i} ({r})" for i, r in rejected.itertuples(index=False)) or "none")
+    )
     out = settings.outbox_dir
-    files = {ch: len(list((out / ch).glob("*.*"))) if (out / ch).exists() else 0 for ch in ("email", "sms", "letter")}
+    files = {
+        ch: len(list((out / ch).glob("*.*"))) if (out / ch).exists() else 0
+        for ch in ("email", "sms", "letter")
+    }
     print(f"\nOutbox: {out}  (e-mails {files['email']}, SMS {files['sms']}, letters {files['letter']})")
     print(f"Dispatch database: {settings.dispatch_db_url}")
-    print("Try: .venv/bin/dispatch todo   ·   .venv/bin/dispatch invoices --status to_send   ·   "
-          ".venv/bin/dispatch preview")
+    print(
+        "Try: .venv/bin/dispatch todo   ·   .venv/bin/dispatch invoices --status to_send   ·   "
+        ".venv/bin/dispatch preview"
+    )
 
 
 def main() -> None:
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
-    print(f"Demo built for today {today}: {summary.invoices} accounting rows ({summary.malformed} malformed), "
-          f"{summary.customers} customers, organizations {', '.join(summary.org_ids)}")
+    print(
+        f"Demo built for today {today}: {summary.invoices} accounting rows ({summary.malformed} malformed), "
+        f"{summary.customers} customers, organizations {', '.join(summary.org_ids)}"
+    )
     lines = []
     for as_of in demo_days(today):
         apply_accounting_changes(settings.accounting_db_url, summary.changes, upto=as_of)

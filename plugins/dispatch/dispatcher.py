@@ -71,7 +71,9 @@ def dispatch_batch(
     summary.claimed = len(won)
     if not won:
         return summary
-    deliver_at = {a: ts.to_pydatetime() for a, ts in zip(staged["action_id"], staged["deliver_at"], strict=True)}
+    deliver_at = {
+        a: ts.to_pydatetime() for a, ts in zip(staged["action_id"], staged["deliver_at"], strict=True)
+    }
     summary.events.update(send_claimed(db, accounting, ctx, token, deliver_at, channels, settings))
     return summary
 
@@ -95,8 +97,14 @@ def send_claimed(
         return counts
     recheck = source.recheck_invoices(accounting, details["invoice_id"].tolist())
     contacts = source.read_contacts(accounting, details["customer_id"].tolist())
-    regions = dict(zip(details["org_id"], details["org_country"].where(details["org_country"].notna(), None), strict=True))
-    recipients = pick_recipients(details[["action_id", "customer_id", "channel", "org_id"]], contacts, regions)
+    regions = dict(
+        zip(
+            details["org_id"], details["org_country"].where(details["org_country"].notna(), None), strict=True
+        )
+    )
+    recipients = pick_recipients(
+        details[["action_id", "customer_id", "channel", "org_id"]], contacts, regions
+    )
     prepared = prepare_messages(
         details,
         recheck,
@@ -120,10 +128,18 @@ def send_claimed(
             try:
                 results = channel.send_many(chunk)
             except FatalChannelError as exc:
-                # A bad key or host must not turn a day's invoices into manual tasks:
-                # give every claim not yet settled back, untouched, and fail loudly.
+                # A bad key or host must not turn a day's invoices into manual tasks: record
+                # what the provider did accept before the stop, give every other claim back
+                # untouched, and fail loudly.
+                partial = [
+                    _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
+                    for m, r in zip(chunk, exc.results or [None] * len(chunk), strict=True)
+                    if r is not None
+                ]
+                done.update(o.action_id for o in partial)
                 pending = [m.action_id for m in prepared.messages if m.action_id not in done]
                 with db.tx() as conn:
+                    counts.update(apply_outcomes(conn, partial, token=token, at=ctx.as_of, run_id=ctx.run_id))
                     release(conn, pending, token=token, ctx=ctx, why=f"{channel.provider}: {exc}")
                 raise
             outcomes = [
@@ -137,28 +153,51 @@ def send_claimed(
 
 
 def _outcome(
-    message, result: SendResult | ChannelError, attempts: int, max_attempts: int, manual: bool  # type: ignore[no-untyped-def]
+    message,
+    result: SendResult | ChannelError,
+    attempts: int,
+    max_attempts: int,
+    manual: bool,  # type: ignore[no-untyped-def]
 ) -> Outcome:
     recipient = ", ".join(message.recipients)
     if isinstance(result, SendResult):
         return Outcome(
-            message.action_id, message.invoice_id, "sent", "sent_manually" if manual else "sent",
-            recipient=recipient, deliver_at=result.deliver_at,
-            provider=result.provider, provider_message_id=result.provider_message_id,
+            message.action_id,
+            message.invoice_id,
+            "sent",
+            "sent_manually" if manual else "sent",
+            recipient=recipient,
+            deliver_at=result.deliver_at,
+            provider=result.provider,
+            provider_message_id=result.provider_message_id,
         )
     if isinstance(result, TransientError) and attempts < max_attempts and not manual:
         return Outcome(
-            message.action_id, message.invoice_id, "scheduled", "retry_later",
-            detail=f"attempt {attempts}/{max_attempts}: {result}", recipient=recipient,
+            message.action_id,
+            message.invoice_id,
+            "scheduled",
+            "retry_later",
+            detail=f"attempt {attempts}/{max_attempts}: {result}",
+            recipient=recipient,
         )
     return Outcome(
-        message.action_id, message.invoice_id, "manual", "manual",
-        manual_reason=result.reason, detail=str(result), recipient=recipient,
+        message.action_id,
+        message.invoice_id,
+        "manual",
+        "manual",
+        manual_reason=result.reason,
+        detail=str(result),
+        recipient=recipient,
     )
 
 
 def dispatch_all(
-    db: Database, accounting, ctx: RunContext, n_batches: int, channels: dict[str, Channel], settings: Settings,
+    db: Database,
+    accounting,
+    ctx: RunContext,
+    n_batches: int,
+    channels: dict[str, Channel],
+    settings: Settings,
 ) -> list[BatchSummary]:  # type: ignore[no-untyped-def]
     """All batches one after the other (the CLI's run; the DAG maps them instead)."""
     return [dispatch_batch(db, accounting, ctx, b, channels, settings) for b in range(n_batches)]

@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select
 from dispatch.channels.base import Channel
 from dispatch.channels.factory import capabilities
 from dispatch.claims import settle_abandoned
-from dispatch.db.bulk import chunks, update_rows
+from dispatch.db.bulk import chunks, frame_records, update_rows
 from dispatch.db.schema import due_sends, invoice_actions, organizations
 from dispatch.db.session import Database
 from dispatch.events import record_events
@@ -89,10 +89,17 @@ def compute_due_sends(
         todo = df.loc[verdict["enters_todo"].to_numpy()]
         if not todo.empty:
             rows = [
-                {"action_id": a, "status": "manual", "manual_reason": "manual_template", "updated_at": ctx.as_of}
+                {
+                    "action_id": a,
+                    "status": "manual",
+                    "manual_reason": "manual_template",
+                    "updated_at": ctx.as_of,
+                }
                 for a in todo["action_id"]
             ]
-            update_rows(conn, invoice_actions, "action_id", rows, guard=invoice_actions.c.status == "scheduled")
+            update_rows(
+                conn, invoice_actions, "action_id", rows, guard=invoice_actions.c.status == "scheduled"
+            )
             record_events(
                 conn,
                 zip(todo["action_id"], todo["invoice_id"], strict=True),
@@ -109,12 +116,11 @@ def compute_due_sends(
                 "run_id": ctx.run_id,
                 "action_id": due["action_id"].to_numpy(),
                 "batch_no": (pd.RangeIndex(len(due)) // size).to_numpy() if len(due) else [],
-                "deliver_at": [ts.to_pydatetime() for ts in due["deliver_at"]],
+                "deliver_at": due["deliver_at"].to_numpy(),
             }
         )
-        records = staged.to_dict("records")
-        for part in chunks(records, 5000):
-            conn.execute(insert(due_sends), [dict(r, batch_no=int(r["batch_no"])) for r in part])
+        for part in chunks(frame_records(staged), 5000):
+            conn.execute(insert(due_sends), list(part))
         summary.due = len(due)
         summary.batches = n_batches
         summary.batch_size = size

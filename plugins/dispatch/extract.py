@@ -13,13 +13,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 from babel.numbers import list_currencies
 from sqlalchemy import Engine, select
 
 from dispatch import source
-from dispatch.db.bulk import insert_ignore, upsert
+from dispatch.db.bulk import frame_records, insert_ignore, upsert
 from dispatch.db.schema import customers, invoices, organizations, rejected_invoices, watermarks
 from dispatch.db.session import Database
 from dispatch.runs import RunContext
@@ -47,6 +46,13 @@ class ExtractSummary:
         return self.__dict__.copy()
 
 
+def _instants(s: pd.Series) -> pd.Series:
+    """``updated_at`` as UTC. SQLite sources hold text whose format varies with the writer
+    ('… 00:00:00' and '… 00:00:00.000000'): parse each as ISO 8601 rather than infer one
+    format from the first row, and let an unreadable value be missing, not stop the run."""
+    return pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+
+
 def _blank(s: pd.Series) -> pd.Series:
     return s.isna() | (s.astype("string").str.strip() == "")
 
@@ -60,8 +66,10 @@ def validate_invoices(
     ``existing`` holds (invoice_id, org_id, number) already imported, for duplicates.
     """
     df = raw.copy()
-    df["issue_date_p"] = pd.to_datetime(df["issue_date"], errors="coerce")
-    df["due_date_p"] = pd.to_datetime(df["due_date"], errors="coerce")
+    # ISO 8601 per value: inferring one format from the first row would turn a valid
+    # '2026-12-02 00:00:00' next to '2026-12-02' into a missing date.
+    df["issue_date_p"] = pd.to_datetime(df["issue_date"], errors="coerce", format="ISO8601")
+    df["due_date_p"] = pd.to_datetime(df["due_date"], errors="coerce", format="ISO8601")
     df["total_p"] = pd.to_numeric(df["total_amount"], errors="coerce")
     currency = df["currency"].astype("string").str.strip()
     cust = known_customers.set_index("customer_id")["org_id"]
@@ -86,7 +94,10 @@ def validate_invoices(
         ("invalid_due_date", df["due_date"].notna() & df["due_date_p"].isna()),
         ("unknown_customer", customer_org.isna()),
         ("customer_org_mismatch", customer_org.notna() & (customer_org != df["org_id"])),
-        ("bad_currency", ~currency.str.upper().isin(ISO_CURRENCIES).fillna(False) | (currency.str.len() != 3)),
+        (
+            "bad_currency",
+            ~currency.str.upper().isin(ISO_CURRENCIES).fillna(False) | (currency.str.len() != 3),
+        ),
         ("invalid_total", df["total_p"].isna()),
         ("negative_total", df["total_p"] < 0),
         ("bad_status", ~df["status"].isin(ACCOUNTING_STATUSES)),
@@ -108,7 +119,9 @@ def _raw_text(row: dict) -> str:
     return json.dumps(row, default=str, sort_keys=True, ensure_ascii=False)
 
 
-def extract_invoices(db: Database, accounting: Engine, ctx: RunContext, lookback: dt.timedelta) -> ExtractSummary:
+def extract_invoices(
+    db: Database, accounting: Engine, ctx: RunContext, lookback: dt.timedelta
+) -> ExtractSummary:
     """Import invoices changed since the watermark, as of ``ctx.as_of``."""
     summary = ExtractSummary()
     with db.read() as conn:
@@ -159,36 +172,21 @@ def extract_invoices(db: Database, accounting: Engine, ctx: RunContext, lookback
                     "total_amount": valid["total_p"].round(2),
                     "accounting_status": valid["status"].astype(str),
                     "pdf_path": valid["pdf_path"],
-                    "source_updated_at": pd.to_datetime(valid["updated_at"], utc=True),
+                    "source_updated_at": _instants(valid["updated_at"]),
                 }
             )
-            records = _records(out)
-            for rec in records:
-                rec["first_seen_at"] = ctx.as_of
-                rec["first_seen_run_id"] = ctx.run_id
+            # first_seen_* only land on insert: the upsert updates the MUTABLE columns alone
+            records = frame_records(out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id))
             upsert(conn, invoices, records, ["invoice_id"], MUTABLE)
             summary.imported = int(is_new.sum())
             summary.updated = int((~is_new).sum())
 
-        newest = pd.to_datetime(raw["updated_at"], utc=True).max()
+        newest = _instants(raw["updated_at"]).max()
         if pd.notna(newest):
             value = max(newest.to_pydatetime(), mark) if mark else newest.to_pydatetime()
             upsert(conn, watermarks, [{"name": WATERMARK, "value": value}], ["name"], ["value"])
             summary.watermark = value.isoformat()
     return summary
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    """Rows as plain Python values (None for missing), ready for the driver."""
-    obj = df.astype(object).where(df.notna(), None)
-    recs = obj.to_dict("records")
-    for rec in recs:
-        for k, v in rec.items():
-            if isinstance(v, pd.Timestamp):
-                rec[k] = v.to_pydatetime()
-            elif isinstance(v, np.generic):
-                rec[k] = v.item()
-    return recs
 
 
 def _sync_customers(conn, cust: pd.DataFrame) -> int:  # type: ignore[no-untyped-def]
@@ -203,7 +201,9 @@ def _sync_customers(conn, cust: pd.DataFrame) -> int:  # type: ignore[no-untyped
     merged = incoming.merge(current, on="customer_id", how="left", suffixes=("", "_old"), indicator=True)
     changed = merged["_merge"] == "left_only"
     for c in cols[1:]:
-        changed |= merged[c].astype("string").fillna("\x00") != merged[f"{c}_old"].astype("string").fillna("\x00")
-    rows = _records(incoming.loc[changed.to_numpy()])
+        changed |= merged[c].astype("string").fillna("\x00") != merged[f"{c}_old"].astype("string").fillna(
+            "\x00"
+        )
+    rows = frame_records(incoming.loc[changed.to_numpy()])
     upsert(conn, customers, rows, ["customer_id"], cols[1:])
     return len(rows)

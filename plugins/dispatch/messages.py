@@ -35,15 +35,34 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
     a, i, c, o, u, t = invoice_actions, invoices, customers, organizations, users, invoice_templates
     stmt = (
         select(
-            a.c.action_id, a.c.invoice_id, a.c.org_id, a.c.channel, a.c.automatic, a.c.owner_user_id,
-            a.c.attempts, a.c.status,
-            i.c.customer_id, i.c.number, i.c.issue_date, i.c.due_date, i.c.currency, i.c.total_amount,
-            i.c.accounting_status, i.c.pdf_path,
-            c.c.name.label("customer_name"), c.c.language,
-            o.c.name.label("org_name"), o.c.holidays.label("org_country"), o.c.mail_from, o.c.reply_to,
+            a.c.action_id,
+            a.c.invoice_id,
+            a.c.org_id,
+            a.c.channel,
+            a.c.automatic,
+            a.c.owner_user_id,
+            a.c.attempts,
+            a.c.status,
+            i.c.customer_id,
+            i.c.number,
+            i.c.issue_date,
+            i.c.due_date,
+            i.c.currency,
+            i.c.total_amount,
+            i.c.accounting_status,
+            i.c.pdf_path,
+            c.c.name.label("customer_name"),
+            c.c.language,
+            o.c.name.label("org_name"),
+            o.c.holidays.label("org_country"),
+            o.c.mail_from,
+            o.c.reply_to,
             o.c.timezone,
-            u.c.name.label("owner_name"), u.c.email.label("owner_email"),
-            t.c.subject, t.c.body, t.c.template_file,
+            u.c.name.label("owner_name"),
+            u.c.email.label("owner_email"),
+            t.c.subject,
+            t.c.body,
+            t.c.template_file,
         )
         .join(i, i.c.invoice_id == a.c.invoice_id)
         .join(o, o.c.org_id == a.c.org_id)
@@ -85,11 +104,22 @@ def prepare_messages(
         r = rec.loc[aid]
         if _none(r["problem"]) is not None:
             outcomes.append(
-                Outcome(aid, iid, "manual", "manual", manual_reason=str(r["problem"]), detail=_none(r["problem_detail"]))
+                Outcome(
+                    aid,
+                    iid,
+                    "manual",
+                    "manual",
+                    manual_reason=str(r["problem"]),
+                    detail=_none(r["problem_detail"]),
+                )
             )
             continue
         context = build_context(
-            customer={"id": row.customer_id, "name": _none(row.customer_name) or "", "language": row.language},
+            customer={
+                "id": row.customer_id,
+                "name": _none(row.customer_name) or "",
+                "language": row.language,
+            },
             invoice={
                 "id": iid,
                 "number": row.number,
@@ -112,7 +142,9 @@ def prepare_messages(
         try:
             rendered = render_message(spec, context, _none(row.language))  # type: ignore[arg-type]
         except TemplateError as exc:
-            outcomes.append(Outcome(aid, iid, "manual", "manual", manual_reason="template_error", detail=str(exc)))
+            outcomes.append(
+                Outcome(aid, iid, "manual", "manual", manual_reason="template_error", detail=str(exc))
+            )
             continue
         attachments: tuple[Attachment, ...] = ()
         pdf_path = _none(now_pdf.get(iid, row.pdf_path))
@@ -122,7 +154,14 @@ def prepare_messages(
                 attachments = (Attachment(f"invoice-{row.number}.pdf".replace("/", "-"), path.read_bytes()),)
             except OSError as exc:
                 outcomes.append(
-                    Outcome(aid, iid, "manual", "manual", manual_reason="missing_pdf", detail=f"{path}: {exc.strerror}")
+                    Outcome(
+                        aid,
+                        iid,
+                        "manual",
+                        "manual",
+                        manual_reason="missing_pdf",
+                        detail=f"{path}: {exc.strerror}",
+                    )
                 )
                 continue
         messages.append(

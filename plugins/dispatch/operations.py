@@ -54,6 +54,18 @@ def _require_known(kind: str, ids: list[str], found: pd.Series) -> None:
         raise UnknownIdError(f"unknown {kind} id(s): {', '.join(unknown)} — nothing was changed")
 
 
+# Instants the listings read through plain SQL: PostgreSQL returns aware datetimes, SQLite
+# naive UTC text; both become aware UTC timestamps so a listing reads the same on both.
+INSTANT_COLUMNS = ("first_seen_at", "sent_at", "source_updated_at", "created_at", "manual_since")
+
+
+def _instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
+    for column in INSTANT_COLUMNS:
+        if column in df.columns:
+            df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
+    return df
+
+
 def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
     sql = "SELECT * FROM todo_invoicing"
     params = {}
@@ -62,7 +74,7 @@ def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
         params["owner"] = owner
     sql += " ORDER BY owner_user_id, created_at, action_id"
     with engine.connect() as conn:
-        return pd.read_sql(text(sql), conn, params=params)
+        return _instants_as_utc(pd.read_sql(text(sql), conn, params=params))
 
 
 def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
@@ -73,10 +85,12 @@ def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
         params["status"] = status
     sql += " ORDER BY i.org_id, i.issue_date, i.number"
     with engine.connect() as conn:
-        return pd.read_sql(text(sql), conn, params=params)
+        return _instants_as_utc(pd.read_sql(text(sql), conn, params=params))
 
 
-def ignore_actions(db: Database, action_ids: Sequence[str], at: dt.datetime, *, event: str = "ignored") -> OperationResult:
+def ignore_actions(
+    db: Database, action_ids: Sequence[str], at: dt.datetime, *, event: str = "ignored"
+) -> OperationResult:
     """Ignore actions: each invoice then counts as sent (R13)."""
     ids = _unique(action_ids)
     A = invoice_actions
@@ -85,46 +99,63 @@ def ignore_actions(db: Database, action_ids: Sequence[str], at: dt.datetime, *, 
         _require_known("action", ids, found["action_id"])
         refused = found[found["status"].isin(("sent", "cancelled", "sending"))]
         if not refused.empty:
-            listed = ", ".join(f"{a} ({s})" for a, s in zip(refused["action_id"], refused["status"], strict=True))
-            raise RefusedError(f"cannot ignore action(s) already sent, cancelled or being sent: {listed} — nothing was changed")
+            listed = ", ".join(
+                f"{a} ({s})" for a, s in zip(refused["action_id"], refused["status"], strict=True)
+            )
+            raise RefusedError(
+                f"cannot ignore action(s) already sent, cancelled or being sent: {listed} "
+                "— nothing was changed"
+            )
         todo = found[found["status"].isin(OPEN_ACTION)]
         for part in chunks(todo["action_id"].tolist()):
             conn.execute(
-                update(A).where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                update(A)
+                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
                 .values(status="ignored", updated_at=at)
             )
-        record_events(conn, zip(todo["action_id"], todo["invoice_id"], strict=True), event=event, at=at, run_id=None)
+        record_events(
+            conn, zip(todo["action_id"], todo["invoice_id"], strict=True), event=event, at=at, run_id=None
+        )
         sync_invoice_statuses(conn, todo["invoice_id"].tolist())
-    return OperationResult(todo["action_id"].tolist(), found.loc[found["status"] == "ignored", "action_id"].tolist())
+    return OperationResult(
+        todo["action_id"].tolist(), found.loc[found["status"] == "ignored", "action_id"].tolist()
+    )
 
 
 def mark_sent(db: Database, invoice_ids: Sequence[str], at: dt.datetime) -> OperationResult:
     """Mark invoices as sent without sending anything (R14); closes their open action."""
     ids = _unique(invoice_ids)
-    I, A = invoices, invoice_actions
+    A = invoice_actions
     with db.tx() as conn:
-        found = _fetch(conn, I, "invoice_id", ids, [I.c.invoice_id, I.c.sending_status])
+        found = _fetch(conn, invoices, "invoice_id", ids, [invoices.c.invoice_id, invoices.c.sending_status])
         _require_known("invoice", ids, found["invoice_id"])
         acts = _fetch(conn, A, "invoice_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
         cancelled = found[found["sending_status"] == "cancelled"]
         sending = acts[acts["status"] == "sending"]
         if not cancelled.empty or not sending.empty:
-            bad = [f"{i} (cancelled)" for i in cancelled["invoice_id"]] + [f"{i} (being sent)" for i in sending["invoice_id"]]
+            bad = [f"{i} (cancelled)" for i in cancelled["invoice_id"]] + [
+                f"{i} (being sent)" for i in sending["invoice_id"]
+            ]
             raise RefusedError(f"cannot mark as sent: {', '.join(bad)} — nothing was changed")
         todo = found.loc[found["sending_status"] == "to_send", "invoice_id"].tolist()
         open_acts = acts[acts["invoice_id"].isin(todo) & acts["status"].isin(OPEN_ACTION)]
         for part in chunks(open_acts["action_id"].tolist()):
             conn.execute(
-                update(A).where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                update(A)
+                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
                 .values(status="ignored", updated_at=at)
             )
         record_events(
-            conn, zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
-            event="marked_sent", at=at, run_id=None,
+            conn,
+            zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
+            event="marked_sent",
+            at=at,
+            run_id=None,
         )
         for part in chunks(todo):
             conn.execute(
-                update(I).where(I.c.invoice_id.in_(list(part)), I.c.sending_status == "to_send")
+                update(invoices)
+                .where(invoices.c.invoice_id.in_(list(part)), invoices.c.sending_status == "to_send")
                 .values(sending_status="sent", sent_how="marked_sent", sent_at=at)
             )
     return OperationResult(todo, [i for i in ids if i not in set(todo)])
@@ -156,7 +187,8 @@ def send_action_now(
     with db.tx() as conn:
         sync_invoice_statuses(conn, [row.invoice_id])
         after = conn.execute(
-            select(A.c.status, A.c.manual_reason, A.c.detail, A.c.recipient, A.c.provider_message_id)
-            .where(A.c.action_id == action_id)
+            select(A.c.status, A.c.manual_reason, A.c.detail, A.c.recipient, A.c.provider_message_id).where(
+                A.c.action_id == action_id
+            )
         ).first()
     return {"action_id": action_id, "events": dict(counts), **after._asdict()}  # type: ignore[union-attr]

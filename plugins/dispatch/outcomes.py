@@ -75,5 +75,7 @@ def apply_outcomes(
 def _event_detail(o: Outcome) -> str | None:
     parts = [p for p in (o.manual_reason, o.detail) if p]
     if o.status == "sent":
-        parts.append(f"to {o.recipient} via {o.provider} ({o.provider_message_id}), deliver at {o.deliver_at}")
+        parts.append(
+            f"to {o.recipient} via {o.provider} ({o.provider_message_id}), deliver at {o.deliver_at}"
+        )
     return "; ".join(parts) or None

@@ -46,12 +46,16 @@ class Engines:
 
     @staticmethod
     def from_settings(settings: Settings) -> Engines:
-        return Engines(make_engine(settings.dispatch_db_url), make_engine(settings.accounting_db_url, readonly=True))
+        return Engines(
+            make_engine(settings.dispatch_db_url), make_engine(settings.accounting_db_url, readonly=True)
+        )
 
 
 def ensure_schema(engine: Engine) -> None:
     if not is_current(engine):
-        raise DispatchError("the dispatch database is not initialized or not up to date: run `dispatch db init`")
+        raise DispatchError(
+            "the dispatch database is not initialized or not up to date: run `dispatch db init`"
+        )
 
 
 def run_pipeline(
@@ -67,15 +71,20 @@ def run_pipeline(
 ) -> RunReport:
     """extract → tag → resolve templates → compute due → dispatch (batches) → write back."""
     engines = engines or Engines.from_settings(settings)
-    ensure_schema(engines.dispatch)
-    db = db or Database(engines.dispatch)
+    if db is None:
+        ensure_schema(engines.dispatch)
+        db = Database(engines.dispatch)
+    # else the caller checked the schema: the preview's rollback connection holds SQLite's
+    # write lock, and a check on a second connection would wait for it forever.
     channels = channels if channels is not None else build_channels(settings)
     ctx = RunContext.new(as_of, run_id=run_id, horizon=horizon)
     report = RunReport(ctx.run_id, ctx.as_of, ctx.horizon)
     say = progress or (lambda msg: log.info(msg))
     start_run(db, ctx)
     try:
-        report.stages["extract"] = extract_invoices(db, engines.accounting, ctx, settings.extract_lookback).as_dict()
+        report.stages["extract"] = extract_invoices(
+            db, engines.accounting, ctx, settings.extract_lookback
+        ).as_dict()
         say(f"extract: {report.stages['extract']}")
         report.stages["tag"] = tag_new_invoices(db, ctx).as_dict()
         say(f"tag: {report.stages['tag']}")

@@ -38,7 +38,7 @@ class PreviewChannel:
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
         return [SendResult(m.action_id, self.provider, "(preview)", m.deliver_at) for m in messages]
 
-    def was_handed_over(self, action_id: str) -> SendResult | None | bool:
+    def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         return self.real.was_handed_over(action_id)  # read-only
 
 

@@ -125,7 +125,7 @@ def _sqlite_relative(url: str) -> str:
     """``sqlite:///var/x.db`` is relative to the repository root, not the current directory."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        return prefix + str(resolve(url[len(prefix):]))
+        return prefix + str(resolve(url[len(prefix) :]))
     return url
 
 
@@ -183,7 +183,9 @@ def connection_to_sqlalchemy_url(conn: Mapping[str, object]) -> str:
                 auth += ":" + quote(str(conn["password"]), safe="")
             auth += "@"
         port = f":{conn['port']}" if conn.get("port") else ""
-        return f"postgresql+psycopg://{auth}{conn.get('host') or 'localhost'}{port}/{conn.get('schema') or ''}"
+        return (
+            f"postgresql+psycopg://{auth}{conn.get('host') or 'localhost'}{port}/{conn.get('schema') or ''}"
+        )
     if conn_type == "sqlite":
         return f"sqlite:///{conn.get('host')}"
     raise DispatchError(f"connection of type {conn_type!r}: set extra.sqlalchemy_url")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import pandas as pd
 from sqlalchemy import Engine, bindparam, text
@@ -17,7 +17,7 @@ from dispatch.db.bulk import chunks
 from dispatch.paths import SQL_DIR, resolve
 
 
-@lru_cache(maxsize=None)
+@cache
 def sql_text(name: str) -> str:
     return (resolve(SQL_DIR) / name).read_text(encoding="utf-8")
 
@@ -34,7 +34,9 @@ def read_changed_invoices(engine: Engine, since: dt.datetime, until: dt.datetime
     """Invoices whose ``updated_at`` falls in [since, until], as raw rows (not validated)."""
     stmt = text(sql_text("extract_invoices.sql"))
     with engine.connect() as conn:
-        return pd.read_sql(stmt, conn, params={"since": _instant(engine, since), "until": _instant(engine, until)})
+        return pd.read_sql(
+            stmt, conn, params={"since": _instant(engine, since), "until": _instant(engine, until)}
+        )
 
 
 def read_customers(engine: Engine) -> pd.DataFrame:

@@ -43,7 +43,9 @@ def tag_new_invoices(db: Database, ctx: RunContext) -> TagSummary:
     )
     summary = TagSummary()
     with db.tx() as conn:
-        conn.execute(update(invoices).where(invoices.c.sending_status.is_(None)).values(sending_status=status))
+        conn.execute(
+            update(invoices).where(invoices.c.sending_status.is_(None)).values(sending_status=status)
+        )
         counts = conn.execute(
             select(invoices.c.sending_status, func.count())
             .where(invoices.c.first_seen_run_id == ctx.run_id)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Connection, func, select
 
-from dispatch.db.bulk import dialect_insert
+from dispatch.db.bulk import dialect_insert, frame_records
 from dispatch.db.schema import (
     customer_plans,
     invoice_actions,
@@ -47,7 +47,9 @@ class ResolveSummary:
 
 
 def _candidates(conn: Connection) -> pd.DataFrame:
-    has_action = select(invoice_actions.c.invoice_id).where(invoice_actions.c.invoice_id == invoices.c.invoice_id)
+    has_action = select(invoice_actions.c.invoice_id).where(
+        invoice_actions.c.invoice_id == invoices.c.invoice_id
+    )
     stmt = (
         select(
             invoices.c.invoice_id,
@@ -59,7 +61,9 @@ def _candidates(conn: Connection) -> pd.DataFrame:
             invoice_templates.c.channel,
             invoice_templates.c.automatic,
             invoice_templates.c.delay_days,
-            func.coalesce(invoice_templates.c.owner_user_id, organizations.c.default_owner).label("owner_user_id"),
+            func.coalesce(invoice_templates.c.owner_user_id, organizations.c.default_owner).label(
+                "owner_user_id"
+            ),
             organizations.c.timezone,
             organizations.c.send_time,
             organizations.c.holidays,
@@ -95,23 +99,29 @@ def resolve_templates(db: Database, ctx: RunContext) -> ResolveSummary:
                     "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
                 }
             )
-            rows = actions.astype(object).where(actions.notna(), None).to_dict("records")
-            for row in rows:
-                row["scheduled_for"] = row["scheduled_for"].to_pydatetime()
-                row.update(status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of)
+            actions = actions.assign(
+                status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of
+            )
+            rows = frame_records(actions)
             stmt = (
                 dialect_insert(conn, invoice_actions)
                 .on_conflict_do_nothing(index_elements=["invoice_id"])
-                .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id, sort_by_parameter_order=True)
+                .returning(
+                    invoice_actions.c.action_id, invoice_actions.c.invoice_id, sort_by_parameter_order=True
+                )
             )
             created = conn.execute(stmt, rows).all()
-            by_id = {r["action_id"]: r for r in rows}
-            details = {
-                a: f"template {by_id[a]['template_id']}, {by_id[a]['channel']}, "
-                f"{'automatic' if by_id[a]['automatic'] else 'manual'}, scheduled for "
-                f"{by_id[a]['scheduled_for'].isoformat()}"
-                for a, _ in created
-            }
+            described = (
+                "template "
+                + actions["template_id"]
+                + ", "
+                + actions["channel"]
+                + ", "
+                + actions["automatic"].map({True: "automatic", False: "manual"})
+                + ", scheduled for "
+                + actions["scheduled_for"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            )
+            details = dict(zip(actions["action_id"], described, strict=True))
             record_events(
                 conn,
                 [(a, i) for a, i in created],

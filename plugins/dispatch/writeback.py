@@ -65,12 +65,16 @@ def outcome_totals(conn: Connection) -> dict[str, int]:
     """Every imported invoice in exactly one outcome (SPEC B2), plus rejected rows."""
     status_of_action = select(A.c.status).where(A.c.invoice_id == invoices.c.invoice_id).scalar_subquery()
     category = case(
-        (and_(invoices.c.sending_status == "sent", invoices.c.sent_how.in_(("ignored", "marked_sent"))),
-         literal("ignored_or_marked_sent")),
+        (
+            and_(invoices.c.sending_status == "sent", invoices.c.sent_how.in_(("ignored", "marked_sent"))),
+            literal("ignored_or_marked_sent"),
+        ),
         (invoices.c.sending_status == "sent", literal("sent")),
         (invoices.c.sending_status == "cancelled", literal("cancelled")),
-        (or_(invoices.c.sending_status == "not_required", invoices.c.sending_status.is_(None)),
-         literal("not_required")),
+        (
+            or_(invoices.c.sending_status == "not_required", invoices.c.sending_status.is_(None)),
+            literal("not_required"),
+        ),
         (status_of_action == "manual", literal("manual")),
         (status_of_action.in_(("scheduled", "sending")), literal("scheduled")),
         (status_of_action.is_(None), literal("without_template")),
@@ -83,8 +87,11 @@ def outcome_totals(conn: Connection) -> dict[str, int]:
     never_imported = ~exists().where(invoices.c.invoice_id == rejected_invoices.c.invoice_id)
     totals["rejected"] = int(
         conn.execute(
-            select(func.count(func.distinct(func.coalesce(rejected_invoices.c.invoice_id, rejected_invoices.c.row))))
-            .where(never_imported)
+            select(
+                func.count(
+                    func.distinct(func.coalesce(rejected_invoices.c.invoice_id, rejected_invoices.c.row))
+                )
+            ).where(never_imported)
         ).scalar()
         or 0
     )
@@ -95,14 +102,18 @@ def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
     """What this run did, from the event log and the import columns."""
     events = dict(
         conn.execute(
-            select(action_events.c.event, func.count()).where(action_events.c.run_id == run_id).group_by(action_events.c.event)
+            select(action_events.c.event, func.count())
+            .where(action_events.c.run_id == run_id)
+            .group_by(action_events.c.event)
         ).all()
     )
     manual_reasons = dict(
         conn.execute(
             select(A.c.manual_reason, func.count())
             .select_from(action_events.join(A, A.c.action_id == action_events.c.action_id))
-            .where(action_events.c.run_id == run_id, action_events.c.event == "manual", A.c.status == "manual")
+            .where(
+                action_events.c.run_id == run_id, action_events.c.event == "manual", A.c.status == "manual"
+            )
             .group_by(A.c.manual_reason)
         ).all()
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import Connection, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -73,3 +75,20 @@ def update_rows(
     params = [{"_key": r[key], **{c: r[c] for c in columns}} for r in rows]
     result = conn.execute(stmt, params)
     return int(result.rowcount or 0)
+
+
+def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``df`` as driver-ready dicts, converted column by column (not value by value):
+    missing values become None, timestamps Python datetimes, NumPy scalars Python ones."""
+    columns: dict[str, np.ndarray] = {}
+    for name in df.columns:
+        col = df[name]
+        missing = col.isna().to_numpy()
+        if pd.api.types.is_datetime64_any_dtype(col.dtype):
+            values = np.array(col.dt.to_pydatetime(), dtype=object)
+        else:
+            values = col.astype(object).to_numpy(copy=True)
+        values[missing] = None
+        columns[str(name)] = values
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]

@@ -81,7 +81,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: instants must be timezone-aware")
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):  # type: ignore[override]
@@ -90,8 +90,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 # --- configuration -------------------------------------------------------------------
@@ -251,7 +251,9 @@ action_events = Table(
 rejected_invoices = Table(
     "rejected_invoices",
     metadata,
-    Column("rejection_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "rejection_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("invoice_id", Text),
     Column("run_id", String(64), nullable=False),
     Column("reason", String(32), nullable=False),
