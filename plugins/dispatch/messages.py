@@ -128,6 +128,7 @@ def prepare_messages(
                 "currency": row.currency,
                 "total_amount": row.total_amount,
                 "status": status,
+                "pdf_path": _none(now_pdf.get(iid, row.pdf_path)),
             },
             organization={"id": row.org_id, "name": row.org_name},
             owner={"id": row.owner_user_id, "name": _none(row.owner_name), "email": _none(row.owner_email)},

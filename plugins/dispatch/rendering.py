@@ -23,7 +23,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from html.parser import HTMLParser
 from pathlib import Path
@@ -36,13 +36,12 @@ from babel.numbers import format_currency, format_decimal
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILTIN_TEMPLATES_DIR = REPO_ROOT / "include" / "templates"
+from dispatch.paths import TEMPLATES_DIR, resolve
+
 TEMPLATES_DIR_ENV = "DISPATCH_TEMPLATES_DIR"
 
 CHANNELS = ("email", "sms", "letter")
 FALLBACK_LANGUAGE = "en"
-DATE_STYLES = ("full", "long", "medium", "short")
 
 # Bounds that keep one template from exhausting the worker's memory. They are far above
 # anything a real invoice message needs.
@@ -239,8 +238,8 @@ def templates_dirs() -> tuple[Path, ...]:
     override = os.environ.get(TEMPLATES_DIR_ENV, "").strip()
     if override:
         path = Path(override)
-        dirs.append((path if path.is_absolute() else REPO_ROOT / path).resolve())
-    builtin = BUILTIN_TEMPLATES_DIR.resolve()
+        dirs.append(resolve(path).resolve())
+    builtin = resolve(TEMPLATES_DIR).resolve()
     if builtin not in dirs:
         dirs.append(builtin)
     return tuple(dirs)
@@ -677,6 +676,8 @@ def render_message(spec: TemplateSpec, context: dict[str, Any], language: str | 
     if spec.channel not in CHANNELS:
         raise ValueError(f"unknown channel {spec.channel!r}; expected one of {', '.join(CHANNELS)}")
     body = _normalize_source(spec.body)
+    if spec.template_file is not None and not spec.template_file.strip():
+        spec = replace(spec, template_file=None)  # blank means "not given", as for body
     if body is not None and spec.template_file:
         raise TemplateError("template: give either an inline body or a template file, not both", part="body")
     locale = resolve_locale(language)
