@@ -34,6 +34,7 @@ import holidays as holidays_lib
 import yaml
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Engine, Table, bindparam, func, inspect, or_, select, text
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from dispatch.db.bulk import chunks, dialect_insert
@@ -76,6 +77,7 @@ _PG_LOCK_KEY = 0x64697370_636F6E66  # b"dispconf"
 _TAG_NULL = "tag:yaml.org,2002:null"
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
+_TAG_MERGE = "tag:yaml.org,2002:merge"
 
 
 # --- problems ------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class _Entry:
         problems: _Problems,
         id_field: str | None = None,
         unknown_what: str = "field",
+        ignored_prefix: str | None = None,
     ) -> None:
         self.node = node
         self.problems = problems
@@ -155,6 +158,8 @@ class _Entry:
         unknown: list[tuple[str, Node]] = []
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else _kind(key_node)
+            if ignored_prefix and key.startswith(ignored_prefix):
+                continue
             if key not in allowed:
                 unknown.append((key, key_node))
             elif key in self.nodes:
@@ -244,7 +249,7 @@ class _Entry:
         if node.tag != _TAG_INT:
             self.refuse(name, f"must be an integer, got {node.value!r}")
             return None
-        return int(_CONSTRUCTOR.construct_object(node))
+        return int(SafeConstructor().construct_yaml_int(node))  # 0x10, 1_000, … as YAML reads them
 
     def boolean(self, name: str, *, required: bool = False, default: bool | None = None) -> bool | None:
         node = self._scalar(name, required, "true or false")
@@ -253,7 +258,7 @@ class _Entry:
         if node.tag != _TAG_BOOL:
             self.refuse(name, f"must be true or false, got {node.value!r}")
             return None
-        return bool(_CONSTRUCTOR.construct_object(node))
+        return SafeConstructor.bool_values[node.value.lower()]  # true/false, yes/no, on/off
 
     def child(self, name: str, allowed: Sequence[str]) -> _Entry | None:
         if not self.has(name):
@@ -263,9 +268,6 @@ class _Entry:
             self.refuse(name, f"expected a mapping of {', '.join(allowed)}, got {_kind(node)}")
             return None
         return _Entry(node, self.where(name), allowed, self.problems)
-
-
-_CONSTRUCTOR = yaml.SafeLoader("")  # converts single scalar nodes (ints, booleans) and flattens merges
 
 
 def _compose(path: Path) -> Node | None:
@@ -298,7 +300,10 @@ def _compose(path: Path) -> Node | None:
 
 
 def _flatten_merges(root: Node, source: str) -> None:
-    """Apply YAML merge keys (``<<: *defaults``) in place, as ``safe_load`` would."""
+    """Apply YAML merge keys (``<<: *defaults``) in place, with ``safe_load``'s precedence:
+    the mapping's own keys win over merged ones, earlier merged mappings over later ones.
+    (PyYAML's own ``flatten_mapping`` keeps both copies of an overridden key, which the
+    duplicate-key check would then refuse.)"""
     seen: set[int] = set()
     stack = [root]
     while stack:
@@ -307,15 +312,42 @@ def _flatten_merges(root: Node, source: str) -> None:
             continue
         seen.add(id(node))
         if isinstance(node, MappingNode):
-            try:
-                _CONSTRUCTOR.flatten_mapping(node)
-            except yaml.MarkedYAMLError as exc:
-                mark = exc.problem_mark or exc.context_mark
-                line = mark.line + 1 if mark is not None else _line(node)
-                raise ConfigError(f"{source}:{line}: YAML merge error: {exc.problem}") from None
+            _merge_into(node, source, frozenset())
             stack.extend(v for pair in node.value for v in pair)
         elif isinstance(node, SequenceNode):
             stack.extend(node.value)
+
+
+def _merge_into(node: MappingNode, source: str, visiting: frozenset[int]) -> None:
+    if id(node) in visiting:
+        raise ConfigError(f"{source}:{_line(node)}: YAML merge error: a mapping merges itself")
+    own: list[tuple[Node, Node]] = []
+    merged: list[MappingNode] = []
+    for key, value in node.value:
+        if key.tag != _TAG_MERGE:
+            own.append((key, value))
+        elif isinstance(value, MappingNode):
+            merged.append(value)
+        elif isinstance(value, SequenceNode) and all(isinstance(v, MappingNode) for v in value.value):
+            merged.extend(value.value)
+        else:
+            raise ConfigError(
+                f"{source}:{_line(value)}: YAML merge error: '<<' needs a mapping or a list of mappings"
+            )
+    if not merged:
+        return
+    taken = {k.value for k, _ in own if isinstance(k, ScalarNode)}
+    inherited: list[tuple[Node, Node]] = []
+    for other in merged:
+        _merge_into(other, source, visiting | {id(node)})
+        for key, value in other.value:
+            name = key.value if isinstance(key, ScalarNode) else None
+            if name is not None and name in taken:
+                continue
+            if name is not None:
+                taken.add(name)
+            inherited.append((key, value))
+    node.value = inherited + own
 
 
 # --- the file, validated on its own ------------------------------------------------------
@@ -468,7 +500,8 @@ def _read_file(root: Node, problems: _Problems) -> _File:
     if not isinstance(root, MappingNode):
         problems.add(_line(root), "", f"expected a mapping with {', '.join(SECTIONS)}, got {_kind(root)}")
         return _File()
-    top = _Entry(root, "", SECTIONS, problems, unknown_what="top-level key")
+    # Top-level keys starting with "x-" are ignored: a place to define YAML anchors.
+    top = _Entry(root, "", SECTIONS, problems, unknown_what="top-level key", ignored_prefix="x-")
     readers: dict[str, tuple[Sequence[str], str, Callable[[_Entry], Any]]] = {
         "organizations": (ORG_FIELDS, "id", _read_org),
         "users": (USER_FIELDS, "id", _read_user),
@@ -803,17 +836,21 @@ def _check_references(
         if org_id is not None and other is not None and other != org_id:
             e.refuse(name, f"user {user_id!r} belongs to organization {other!r}, not {org_id!r}")
 
-    for org in parsed.orgs:
-        if known(org.entry, "default_owner", org.default_owner, user_ids, "user"):
-            same_org(org.entry, "default_owner", org.default_owner, org.org_id)  # type: ignore[arg-type]
+    # An unknown organization is reported once, then forgotten: comparing it with the
+    # organizations of owners and customers would only repeat the same mistake.
     for user in parsed.users:
-        known(user.entry, "org", user.org_id, org_ids, "organization")
+        if not known(user.entry, "org", user.org_id, org_ids, "organization"):
+            user.org_id = None
     for plan in parsed.plans:
-        known(plan.entry, "org", plan.org_id, org_ids, "organization")
-        if plan.sending is not None and known(
-            plan.sending.entry, "owner", plan.sending.owner, user_ids, "user"
-        ):
-            same_org(plan.sending.entry, "owner", plan.sending.owner, plan.org_id)  # type: ignore[arg-type]
+        if not known(plan.entry, "org", plan.org_id, org_ids, "organization"):
+            plan.org_id = None
+    for org in parsed.orgs:
+        if org.default_owner and known(org.entry, "default_owner", org.default_owner, user_ids, "user"):
+            same_org(org.entry, "default_owner", org.default_owner, org.org_id)
+    for plan in parsed.plans:
+        owner = plan.sending.owner if plan.sending else None
+        if plan.sending and owner and known(plan.sending.entry, "owner", owner, user_ids, "user"):
+            same_org(plan.sending.entry, "owner", owner, plan.org_id)
 
     knock_on = [c for p in parsed.plans if p.plan_id for c in stored.assigned_to.get(p.plan_id, [])]
     customer_orgs = _accounting_orgs(accounting_engine, list(f_assignments) + knock_on)
@@ -859,8 +896,8 @@ def _check_stored_dependents(
         if plan.org_id is not None and elsewhere:
             plan.entry.refuse(
                 "org",
-                f"{plan.org_id!r} but {_some(elsewhere)} of another organization assigned to this plan "
-                "in the database (per the accounting source)",
+                f"{plan.org_id!r} but {_some(elsewhere)} assigned to this plan in the database and the "
+                "accounting source places them in another organization; assign them another plan first",
             )
     for user in parsed.users:
         before = stored.users.get(user.user_id or "")
@@ -882,11 +919,12 @@ def _check_stored_dependents(
 
 
 def _some(customers: list[str]) -> str:
+    """'customer 'c1' is' / 'customers 'c1', 'c2' and 3 more are' (the list can be long)."""
     shown = ", ".join(repr(c) for c in customers[:5])
+    if len(customers) == 1:
+        return f"customer {shown} is"
     more = f" and {len(customers) - 5} more" if len(customers) > 5 else ""
-    return (
-        f"customer{'s' if len(customers) > 1 else ''} {shown}{more} {'are' if len(customers) > 1 else 'is'}"
-    )
+    return f"customers {shown}{more} are"
 
 
 # --- writing ----------------------------------------------------------------------------
