@@ -66,26 +66,33 @@ def _instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
-    sql = "SELECT * FROM todo_invoicing"
-    params = {}
-    if owner:
-        sql += " WHERE owner_user_id = :owner"
-        params["owner"] = owner
-    sql += " ORDER BY owner_user_id, created_at, action_id"
+def _listing(engine: Engine, sql: str, where: str, params: dict[str, str], order: str) -> pd.DataFrame:
+    if params:
+        sql += f" WHERE {where}"
     with engine.connect() as conn:
-        return _instants_as_utc(pd.read_sql(text(sql), conn, params=params))
+        return _instants_as_utc(pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params=params))
+
+
+def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
+    """The to-do list (view ``todo_invoicing``), for one owner or everyone."""
+    return _listing(
+        engine,
+        "SELECT * FROM todo_invoicing",
+        "owner_user_id = :owner",
+        {"owner": owner} if owner else {},
+        "owner_user_id, created_at, action_id",
+    )
 
 
 def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
-    sql = "SELECT i.*, s.status FROM invoices i JOIN invoice_status s ON s.invoice_id = i.invoice_id"
-    params = {}
-    if status:
-        sql += " WHERE s.status = :status OR i.sending_status = :status"
-        params["status"] = status
-    sql += " ORDER BY i.org_id, i.issue_date, i.number"
-    with engine.connect() as conn:
-        return _instants_as_utc(pd.read_sql(text(sql), conn, params=params))
+    """Invoices with their ``invoice_status``; ``status`` matches it or the sending status."""
+    return _listing(
+        engine,
+        "SELECT i.*, s.status FROM invoices i JOIN invoice_status s ON s.invoice_id = i.invoice_id",
+        "s.status = :status OR i.sending_status = :status",
+        {"status": status} if status else {},
+        "i.org_id, i.issue_date, i.number",
+    )
 
 
 def ignore_actions(
