@@ -224,20 +224,11 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
     reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.")}
     if reasons:
         lines.append("  to do by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    from dispatch.writeback import OUTCOMES
+
     lines.append(
         "  all invoices: "
-        + ", ".join(
-            f"{k} {totals.get(k, 0)}"
-            for k in (
-                "sent",
-                "manual",
-                "ignored_or_marked_sent",
-                "cancelled",
-                "scheduled",
-                "without_template",
-                "not_required",
-            )
-        )
+        + ", ".join(f"{k} {totals.get(k, 0)}" for k in OUTCOMES)
         + f" = {totals.get('imported', 0)} imported; {totals.get('rejected', 0)} rejected"
     )
     return "\n".join(lines)
@@ -320,6 +311,8 @@ def todo_send(action_id: str, at: str | None) -> None:
         build_channels(settings),
         settings,
     )
+    if result["status"] == "cancelled":  # the re-check found the invoice void or deleted (B5)
+        raise Fail(f"action {action_id} not sent and cancelled: {result['detail']}")
     if result["status"] != "sent":
         raise Fail(
             f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); "
@@ -388,6 +381,38 @@ def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None) -> None:
     db, _ = _db_and_settings()
     result = mark_sent(db, invoice_ids, parse_instant(at))
     click.echo(f"marked sent: {result}")
+
+
+# --- bounces ------------------------------------------------------------------------------
+
+
+@main.group()
+def bounces() -> None:
+    """E-mails the provider reported as bounced, blocked or invalid (SendGrid)."""
+
+
+@bounces.command("pull")
+@click.option("--at", "at", metavar="INSTANT", help="Pull entries up to this instant (default: now).")
+@handle_errors
+def bounces_pull(at: str | None) -> None:
+    """Turn the sent e-mails SendGrid reported since the last pull into manual `bounced` actions."""
+    from dispatch.bounces import pull_bounces
+    from dispatch.channels.base import ChannelError
+    from dispatch.runs import RunContext
+
+    db, settings = _db_and_settings()
+    as_of = parse_instant(at)
+    ctx = RunContext.new(as_of, run_id=f"bounces__{as_of:%Y%m%dT%H%M%SZ}")
+    try:
+        summary = pull_bounces(db, settings, ctx)
+    except ChannelError as exc:  # the provider failed us: nothing was changed
+        click.echo(f"dispatch: bounces not pulled, nothing changed: {exc}", err=True)
+        sys.exit(1)
+    if summary.skipped:
+        click.echo(f"bounces: skipped ({summary.skipped})")
+        return
+    listed = ", ".join(f"{k} {v}" for k, v in sorted(summary.entries.items())) or "none"
+    click.echo(f"bounces: entries {listed}; {summary.bounced} sent e-mails became manual (bounced)")
 
 
 # --- demo ---------------------------------------------------------------------------------

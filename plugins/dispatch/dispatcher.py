@@ -170,6 +170,7 @@ def _outcome(
             deliver_at=result.deliver_at,
             provider=result.provider,
             provider_message_id=result.provider_message_id,
+            detail=result.note,
         )
     if isinstance(result, TransientError) and attempts < max_attempts and not manual:
         return Outcome(

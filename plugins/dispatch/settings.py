@@ -51,8 +51,18 @@ class Settings:
     twilio_auth_token: str | None = _secret()
     twilio_messaging_service_sid: str | None = None
     twilio_api_base: str | None = None
+    #: sender number when no Messaging Service is configured (a Messaging Service is needed to schedule)
+    twilio_from_number: str | None = None
+    #: optional URL Twilio calls with delivery status updates
+    twilio_status_callback: str | None = None
+    #: an SMS longer than this many segments is refused (manual provider_rejected)
+    twilio_max_segments: int = 10
     printapi_url: str | None = None
     printapi_key: str | None = _secret()
+    #: return address of letters: a saved address id (adr_…) or a postal block
+    printapi_from_address: str | None = None
+    #: ISO country of recipient addresses written without a country line
+    printapi_default_country: str | None = None
     #: how many actions one claim takes (and one mapped task sends)
     batch_size: int = 500
     #: a claim older than this on the as-of clock was left by a dead run (SPEC "Time")
@@ -61,6 +71,14 @@ class Settings:
     max_attempts: int = 3
     #: extract re-reads this much before the watermark, for rows committed late in the source
     extract_lookback: dt.timedelta = dt.timedelta(hours=1)
+    #: provider requests in flight at once per worker (HTTP backends), over kept-alive connections
+    send_concurrency: int = 16
+    #: seconds to wait for a provider's HTTP answer; past it a sent request is delivery_unknown
+    http_timeout: float = 30.0
+    #: seconds an SMTP relay may take for a reply (connect, each command, the answer to DATA)
+    smtp_timeout: float = 60.0
+    #: SMTP connections used at once per worker (each sends its messages one after the other)
+    smtp_connections: int = 4
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -97,16 +115,40 @@ ENV_NAMES: dict[str, str] = {
     "twilio_api_base": "TWILIO_API_BASE",
     "printapi_url": "PRINTAPI_URL",
     "printapi_key": "PRINTAPI_KEY",
+    "twilio_from_number": "TWILIO_FROM_NUMBER",
+    "twilio_status_callback": "TWILIO_STATUS_CALLBACK",
+    "twilio_max_segments": "TWILIO_MAX_SEGMENTS",
+    "printapi_from_address": "PRINTAPI_FROM_ADDRESS",
+    "printapi_default_country": "PRINTAPI_DEFAULT_COUNTRY",
     "batch_size": "DISPATCH_BATCH_SIZE",
     "claim_lease": "DISPATCH_CLAIM_LEASE_SECONDS",
     "max_attempts": "DISPATCH_MAX_ATTEMPTS",
+    "send_concurrency": "DISPATCH_SEND_CONCURRENCY",
+    "http_timeout": "DISPATCH_HTTP_TIMEOUT",
+    "smtp_timeout": "SMTP_TIMEOUT",
+    "smtp_connections": "SMTP_CONNECTIONS",
 }
 
 
 def _convert(name: str, raw: str) -> object:
     if name == "outbox_dir":
         return resolve(raw)
-    if name in ("smtp_port", "batch_size", "max_attempts"):
+    if name in ("http_timeout", "smtp_timeout"):
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected a number of seconds") from None
+        if not seconds > 0:
+            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected a positive number of seconds")
+        return seconds
+    if name in (
+        "smtp_port",
+        "batch_size",
+        "max_attempts",
+        "send_concurrency",
+        "smtp_connections",
+        "twilio_max_segments",
+    ):
         try:
             value = int(raw)
         except ValueError:
@@ -154,6 +196,9 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
         extra = conn.get("extra") or {}
         if isinstance(extra, Mapping) and extra.get("messaging_service_sid"):
             values["twilio_messaging_service_sid"] = extra["messaging_service_sid"]
+        if isinstance(extra, Mapping):
+            values["twilio_from_number"] = extra.get("from_number")
+            values["twilio_status_callback"] = extra.get("status_callback")
         if conn.get("host"):
             values["twilio_api_base"] = str(conn["host"])
     if conn := lookup("smtp_default"):
@@ -162,9 +207,17 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
             values["smtp_port"] = int(conn["port"])  # type: ignore[arg-type]
         values["smtp_user"] = conn.get("login")
         values["smtp_password"] = conn.get("password")
+        extra = conn.get("extra") or {}
+        if isinstance(extra, Mapping) and "disable_tls" in extra:  # Airflow's SMTP connection extra
+            disabled = str(extra["disable_tls"]).strip().lower() in ("1", "true", "yes", "on")
+            values["smtp_starttls"] = not disabled
     if conn := lookup("printapi_default"):
         values["printapi_url"] = conn.get("host")
         values["printapi_key"] = conn.get("password")
+        extra = conn.get("extra") or {}
+        if isinstance(extra, Mapping):
+            values["printapi_from_address"] = extra.get("from_address")
+            values["printapi_default_country"] = extra.get("default_country")
     return {k: v for k, v in values.items() if v not in (None, "")}
 
 

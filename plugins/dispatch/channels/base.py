@@ -56,6 +56,8 @@ class SendResult:
     provider: str
     provider_message_id: str
     deliver_at: dt.datetime
+    #: what a person should know although it was accepted (an SMTP relay refused some recipients)
+    note: str | None = None
 
 
 class ChannelError(Exception):

@@ -6,7 +6,8 @@ file, fsync, then a hard link to the final name), and an existing file is never 
 ``os.link`` fails when the name exists, so two workers handing over the same action at the
 same instant produce one file, and both learn it was handed over. Because the file is the
 hand-over, the outbox can always answer :meth:`OutboxChannel.was_handed_over` (SPEC "Time",
-settling actions a dead run left ``sending``).
+settling actions a dead run left ``sending``). Each letter is also listed in its day's
+print manifest, ``<root>/letter-manifests/manifest-YYYY-MM-DD.csv`` (:mod:`dispatch.letter_manifest`).
 """
 
 from __future__ import annotations
@@ -128,13 +129,16 @@ class OutboxChannel:
             self._prepare_directory()
         return [self._send_one(message) for message in messages]
 
-    def was_handed_over(self, action_id: str) -> SendResult | bool:
-        """The file is the hand-over: its result if it exists, ``False`` if it does not."""
+    def was_handed_over(self, action_id: str) -> SendResult | bool | None:
+        """The file is the hand-over: its result if it exists, ``False`` if it does not
+        (``None``: a letter exists but its print manifest cannot be written)."""
         if not is_safe_action_id(action_id):
             return False  # no file can ever have been written under this id
         path = self.path_for(action_id)
         if not path.exists():
             return False
+        if self._list_letter(path) is not None:  # a dead run may have died before listing it
+            return None
         return self._existing_result(action_id, path)
 
     # --- helpers ----------------------------------------------------------------------
@@ -174,6 +178,8 @@ class OutboxChannel:
             return PermanentError(f"action id {message.action_id!r} cannot name an outbox file")
         path = self.path_for(message.action_id)
         if path.exists():  # handed over before: exactly once, and no need to render again
+            if problem := self._list_letter(path):
+                return TransientError(problem)
             return self._existing_result(message.action_id, path)
         try:
             content = self._render(message)
@@ -190,12 +196,34 @@ class OutboxChannel:
             return TransientError(f"cannot write {path}: {exc}")
         if not written:  # another worker won the race for this action
             return self._existing_result(message.action_id, path)
+        if problem := self._list_letter(path, content):
+            return TransientError(problem)  # the next try finds the file and lists it
         return SendResult(
             action_id=message.action_id,
             provider=self.provider,
             provider_message_id=self.provider_message_id(message.action_id),
             deliver_at=message.deliver_at.astimezone(dt.UTC),
         )
+
+    def _list_letter(self, path: Path, content: bytes | None = None) -> str | None:
+        """Add a letter to its day's print manifest (:mod:`dispatch.letter_manifest`); returns
+        the problem when the manifest cannot be written. ``content``: the bytes of a file this
+        call has just written (listed without a look); an existing file is listed if missing."""
+        if self.channel != "letter":
+            return None
+        from dispatch import letter_manifest
+
+        try:
+            if content is not None:
+                letter_manifest.record_letter(self.root_dir, path, content)
+            else:
+                letter_manifest.ensure_listed(self.root_dir, path)
+        except OSError as exc:
+            log.exception("letter %s cannot be listed in its print manifest", path)
+            return f"letter {path.name} is written but its print manifest cannot be: {exc}"
+        except Exception:  # a letter edited by hand: still handed over, just not listable
+            log.exception("letter %s cannot be read for its print manifest", path)
+        return None
 
     def _render(self, message: OutgoingMessage) -> bytes:
         """The file content; ``ValueError`` for a message that can never be handed over."""
@@ -265,6 +293,8 @@ def _render_letter(message: OutgoingMessage) -> bytes:
             "DeliverAt": deliver_at_iso(message.deliver_at),
             "InvoiceDispatchAction": message.action_id,
             "InvoiceDispatchInvoice": message.invoice_id,
+            "InvoiceDispatchOrg": message.org_id,  # these two feed the print manifest
+            "InvoiceDispatchRecipient": message.recipients[0],
         },
         creation_date=message.deliver_at,
     )
