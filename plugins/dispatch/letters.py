@@ -26,6 +26,9 @@ from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 from pypdf.errors import PyPdfError
 
+from dispatch.channels.base import OutgoingMessage
+from dispatch.emails import deliver_at_iso
+
 # Layout in millimetres (A4 portrait, 210 x 297).
 _MARGIN_LEFT = 20.0
 _MARGIN_RIGHT = 15.0
@@ -221,3 +224,31 @@ def build_invoice_placeholder_pdf(number: str, lines: list[str]) -> bytes:
     letter.pdf.set_font_size(_FONT_SIZE)
     letter.paragraphs("\n".join(lines), y=_SENDER_TOP + 15)
     return letter.output()
+
+
+def letter_for_message(message: OutgoingMessage) -> bytes:
+    """The printed letter of an outgoing message, the same for every letter backend: a cover
+    page addressed to ``recipients[0]``, then the invoice PDF (the first PDF attachment).
+
+    Optional ``metadata`` keys: ``sender_address`` (lines under the sender's name) and
+    ``date_line`` (defaults to the delivery date, ISO format).
+    """
+    if not message.recipients:
+        raise ValueError("a letter needs a postal address")
+    sender_lines = [message.sender_name or message.sender or "", message.metadata.get("sender_address", "")]
+    invoice_pdf = next((a.content for a in message.attachments if a.mime_type == "application/pdf"), None)
+    return build_letter_pdf(
+        sender_block="\n".join(line for line in sender_lines if line),
+        recipient_block=message.recipients[0],
+        body_text=message.body_text,
+        date_line=message.metadata.get("date_line") or message.deliver_at.date().isoformat(),
+        invoice_pdf=invoice_pdf,
+        metadata={
+            "DeliverAt": deliver_at_iso(message.deliver_at),
+            "InvoiceDispatchAction": message.action_id,
+            "InvoiceDispatchInvoice": message.invoice_id,
+            "InvoiceDispatchOrg": message.org_id,  # these two feed the print manifest
+            "InvoiceDispatchRecipient": message.recipients[0],
+        },
+        creation_date=message.deliver_at,
+    )

@@ -233,7 +233,9 @@ class OutboxChannel:
             return _render_email(message, self.default_sender)
         if self.channel == "sms":
             return _render_sms(message)
-        return _render_letter(message)
+        from dispatch.letters import letter_for_message  # fpdf2 and pypdf: only letters need them
+
+        return letter_for_message(message)
 
     def _existing_result(self, action_id: str, path: Path) -> SendResult:
         try:
@@ -269,35 +271,6 @@ def _render_sms(message: OutgoingMessage) -> bytes:
         "deliver_at": deliver_at_iso(message.deliver_at),
     }
     return (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-
-
-def _render_letter(message: OutgoingMessage) -> bytes:
-    """Cover page addressed to ``recipients[0]``, then the invoice PDF (the first PDF attachment).
-
-    Optional ``metadata`` keys: ``sender_address`` (lines under the sender's name) and
-    ``date_line`` (defaults to the delivery date, ISO format).
-    """
-    from dispatch.letters import build_letter_pdf  # fpdf2 and pypdf: only letter outboxes need them
-
-    if not message.recipients:
-        raise ValueError("a letter needs a postal address")
-    sender_lines = [message.sender_name or message.sender or "", message.metadata.get("sender_address", "")]
-    invoice_pdf = next((a.content for a in message.attachments if a.mime_type == "application/pdf"), None)
-    return build_letter_pdf(
-        sender_block="\n".join(line for line in sender_lines if line),
-        recipient_block=message.recipients[0],
-        body_text=message.body_text,
-        date_line=message.metadata.get("date_line") or message.deliver_at.date().isoformat(),
-        invoice_pdf=invoice_pdf,
-        metadata={
-            "DeliverAt": deliver_at_iso(message.deliver_at),
-            "InvoiceDispatchAction": message.action_id,
-            "InvoiceDispatchInvoice": message.invoice_id,
-            "InvoiceDispatchOrg": message.org_id,  # these two feed the print manifest
-            "InvoiceDispatchRecipient": message.recipients[0],
-        },
-        creation_date=message.deliver_at,
-    )
 
 
 def _read_deliver_at(channel: str, path: Path) -> dt.datetime:

@@ -224,10 +224,10 @@ class PrintApiChannel:
     @staticmethod
     def _pdf(message: OutgoingMessage) -> bytes:
         # The very letter the outbox writes, so both backends print the same thing.
-        from dispatch.channels.outbox import _render_letter
+        from dispatch.letters import letter_for_message
 
         try:
-            return fit_to_us_letter(_render_letter(message))
+            return fit_to_us_letter(letter_for_message(message))
         except ValueError as exc:
             raise PermanentError(f"letter could not be built: {exc}") from exc
 
