@@ -18,7 +18,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m dispatch.demo_runner
+	$(PY) -m dispatch.airflow_demo
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

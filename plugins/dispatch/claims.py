@@ -112,7 +112,7 @@ def abandoned_claims(
         dead = or_(
             dead,
             and_(
-                invoice_actions.c.claim_token.like(same_scope_prefix.replace("%", r"\%") + "%", escape="\\"),
+                invoice_actions.c.claim_token.startswith(same_scope_prefix, autoescape=True),
                 invoice_actions.c.claim_token != (own_token or ""),
             ),
         )

@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
+from sqlalchemy import and_
 
 from dispatch import source
 from dispatch.channels.base import Channel, ChannelError, FatalChannelError, SendResult, TransientError
 from dispatch.claims import claim, new_token, release, settle_abandoned
+from dispatch.db.bulk import update_rows
+from dispatch.db.schema import invoice_actions
 from dispatch.db.session import Database
 from dispatch.due import batch_action_ids
 from dispatch.messages import claimed_details, prepare_messages
@@ -115,6 +118,23 @@ def send_claimed(
     )
     with db.tx() as conn:
         counts.update(apply_outcomes(conn, prepared.outcomes, token=token, at=ctx.as_of, run_id=ctx.run_id))
+        # Before anything goes out, the action says to whom, when and through which provider:
+        # should this process die mid-send, the person settling it knows what to check (B9).
+        update_rows(
+            conn,
+            invoice_actions,
+            "action_id",
+            [
+                {
+                    "action_id": m.action_id,
+                    "recipient": ", ".join(m.recipients),
+                    "deliver_at": m.deliver_at,
+                    "provider": channels[m.channel].provider,
+                }
+                for m in prepared.messages
+            ],
+            guard=and_(invoice_actions.c.status == "sending", invoice_actions.c.claim_token == token),
+        )
 
     attempts = dict(zip(details["action_id"], details["attempts"], strict=True))
     by_channel: dict[str, list] = {}

@@ -100,7 +100,24 @@ def run_pipeline(
             say(f"dispatch batch {b + 1}/{due.batches}: {summary.as_dict()['events']}")
         report.stages["dispatch"] = {"batches": batches}
         report.counts = write_back(db, ctx)
+        report.stages["bounces"] = pull_bounces_stage(db, settings, ctx)
     except BaseException:
         fail_run(db, ctx.run_id)
         raise
     return report
+
+
+def pull_bounces_stage(db: Database, settings: Settings, ctx: RunContext) -> dict:
+    """Bounces reported by the e-mail provider since the last pull become manual actions.
+
+    Runs after write-back: a provider that cannot be reached for its bounce lists must not
+    undo a day's sends, so its failure is reported and retried by the next run.
+    """
+    from dispatch.bounces import pull_bounces
+    from dispatch.channels.base import ChannelError
+
+    try:
+        return pull_bounces(db, settings, ctx).as_dict()
+    except ChannelError as exc:
+        log.warning("bounces not pulled (the next run tries again): %s", exc)
+        return {"error": str(exc)}

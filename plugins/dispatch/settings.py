@@ -89,6 +89,18 @@ class Settings:
             if value not in allowed:
                 raise DispatchError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
 
+    def __repr__(self) -> str:
+        """Secrets never reach a log: keys are left out and database passwords masked."""
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name.endswith("_db_url"):
+                value = _mask_password(str(value))
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def with_(self, **changes: object) -> Settings:
         """A copy with some values changed (tests, preview)."""
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -161,6 +173,15 @@ def _convert(name: str, raw: str) -> object:
     if name == "claim_lease":
         return dt.timedelta(seconds=float(raw))
     return raw
+
+
+def _mask_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL we can parse: show nothing of it
+        return "<unparseable url>"
 
 
 def _sqlite_relative(url: str) -> str:

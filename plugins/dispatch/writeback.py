@@ -130,11 +130,12 @@ def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
     return out
 
 
-def write_back(db: Database, ctx: RunContext, *, finish: bool = True) -> dict:
-    """Sync invoices, compute counts, close the run; returns {'run': …, 'totals': …}."""
+def write_back(db: Database, ctx: RunContext, *, finish: bool = True, status: str = "succeeded") -> dict:
+    """Sync invoices, compute counts and close the run as ``status`` (one transaction);
+    returns {'run': …, 'totals': …, 'synced': n}."""
     with db.tx() as conn:
         synced = sync_invoice_statuses(conn)
         counts = {"run": run_counts(conn, ctx.run_id), "totals": outcome_totals(conn), "synced": synced}
         if finish:
-            finish_run(conn, ctx.run_id, counts)
+            finish_run(conn, ctx.run_id, counts, status=status)
     return counts
