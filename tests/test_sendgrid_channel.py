@@ -51,6 +51,11 @@ class Clock:
         return self.now
 
 
+def sends(server: FakeSendGrid) -> list:
+    """Mail Send requests only: a pipeline run also pulls the suppression lists (bounces)."""
+    return [r for r in server.requests if r.path.endswith("/mail/send")]
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
@@ -132,7 +137,7 @@ def test_one_message_per_invoice_with_everything_sendgrid_needs(server: FakeSend
     pdf = base64.b64decode(attachment["content"])
     assert pdf == INVOICE_PDF
     assert "F-2026-0001" in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
-    [request] = server.requests
+    [request] = sends(server)
     assert request.header("Authorization") == f"Bearer {server.api_key}"
     assert server.invalid == []
 
@@ -156,7 +161,7 @@ def test_a_delivery_time_ahead_is_passed_as_send_at_up_to_72_hours(server: FakeS
     # beyond SendGrid's window nothing is sent early: it waits for a later run
     assert isinstance(results[1], TransientError)
     assert "72 h" in str(results[1])
-    assert len(server.requests) == 2
+    assert len(sends(server)) == 2
     assert server.invalid == []
 
 
@@ -178,7 +183,7 @@ def test_429_waits_as_retry_after_says_then_sends_once(server: FakeSendGrid, sle
 
     assert isinstance(result, SendResult)
     assert sleeps == [7.0, 7.0]
-    assert [r.status for r in server.requests] == [429, 429, 202]
+    assert [r.status for r in sends(server)] == [429, 429, 202]
     assert len(server.mails) == 1
 
 
@@ -189,7 +194,7 @@ def test_retry_after_too_long_is_left_to_a_later_run(server: FakeSendGrid, sleep
 
     assert isinstance(result, TransientError) and result.retry_after == 3600
     assert sleeps == []
-    assert len(server.requests) == 1 and server.mails == []
+    assert len(sends(server)) == 1 and server.mails == []
 
 
 def test_retry_after_as_an_http_date() -> None:
@@ -210,7 +215,7 @@ def test_500_is_retried_with_growing_backoff_then_reported_transient(
 
     assert isinstance(result, TransientError)
     assert "SendGrid 500" in str(result)
-    assert len(server.requests) == 4 and server.mails == []
+    assert len(sends(server)) == 4 and server.mails == []
     assert len(sleeps) == 3
     # exponential with jitter: attempt n waits within [0.5, 1] x base x 2^(n-1)
     for n, waited in enumerate(sleeps, start=1):
@@ -233,7 +238,7 @@ def test_400_is_a_permanent_refusal_with_sendgrids_reason_and_no_retry(
 
     assert isinstance(result, PermanentError)
     assert str(result) == "SendGrid 400: from: The from address does not match a verified Sender Identity."
-    assert len(server.requests) == 1 and sleeps == []
+    assert len(sends(server)) == 1 and sleeps == []
 
 
 def test_a_message_sendgrid_refuses_by_its_own_rules_is_permanent(server: FakeSendGrid) -> None:
@@ -260,7 +265,7 @@ def test_hang_past_the_timeout_is_delivery_unknown_and_never_retried(
 
     assert isinstance(result, DeliveryUnknownError)
     assert time.monotonic() - started < 2.5
-    assert len(server.requests) == 1  # exactly one request: SendGrid has it (below)
+    assert len(sends(server)) == 1  # exactly one request: SendGrid has it (below)
     assert len(server.mails) == 1
     assert sleeps == []
 
@@ -270,7 +275,7 @@ def test_connection_reset_after_sending_is_delivery_unknown(server: FakeSendGrid
     server.inject(reset_after_read=True, accepted=accepted)
     [result] = channel_for(server).send_many([message()])
     assert isinstance(result, DeliveryUnknownError)
-    assert len(server.requests) == 1
+    assert len(sends(server)) == 1
 
 
 def test_connection_refused_is_transient(sleeps: list[float]) -> None:
@@ -301,7 +306,7 @@ def test_401_stops_the_batch_with_the_results_of_what_was_accepted(server: FakeS
         channel.send_many([message("a1"), message("a2"), message("a3")])
 
     assert stopped.value.results == [None, None, None]
-    assert len(server.requests) == 2  # the stop came at the first refused request
+    assert len(sends(server)) == 2  # the stop came at the first refused request
     assert len(server.mails) == 1
 
 
@@ -329,7 +334,7 @@ def test_forbidden_or_a_wrong_api_host_stops_the_batch(server: FakeSendGrid, sta
 def test_a_message_without_recipient_or_sender_is_refused_before_any_request(server: FakeSendGrid) -> None:
     results = channel_for(server).send_many([message("a1", recipients=()), message("a2", sender=None)])
     assert [type(r) for r in results] == [PermanentError, PermanentError]
-    assert server.requests == []
+    assert sends(server) == []
 
 
 def test_sends_overlap_up_to_the_configured_number_in_flight(clock: Clock) -> None:
@@ -455,7 +460,7 @@ def test_pipeline_400_leaves_the_action_manual_with_sendgrids_reason(
     assert reason in rejected["detail"]
     assert sent["status"] == "sent"
     assert [r["owner_user_id"] for r in w.rows("SELECT owner_user_id FROM todo_invoicing")] == ["u_alice"]
-    assert len(server.requests) == 2 and len(server.mails) == 1
+    assert len(sends(server)) == 2 and len(server.mails) == 1
 
 
 def test_pipeline_429_is_waited_out_then_sent(
@@ -469,7 +474,7 @@ def test_pipeline_429_is_waited_out_then_sent(
 
     assert w.action("i1")["status"] == "sent"
     assert sleeps == [2.0]
-    assert [r.status for r in server.requests] == [429, 202]
+    assert [r.status for r in sends(server)] == [429, 202]
 
 
 def test_pipeline_500_retries_across_runs_then_provider_error(
@@ -491,7 +496,7 @@ def test_pipeline_500_retries_across_runs_then_provider_error(
         ("manual", "provider_error", 3),
         ("manual", "provider_error", 3),  # a person's task now: no more attempts
     ]
-    assert len(server.requests) == 3 * RetryPolicy().attempts  # with backoff inside each run
+    assert len(sends(server)) == 3 * RetryPolicy().attempts  # with backoff inside each run
     assert len(sleeps) == 3 * (RetryPolicy().attempts - 1)
     assert w.event_names("i1").count("retry_later") == 2
     assert server.mails == []
@@ -509,7 +514,7 @@ def test_pipeline_hang_is_delivery_unknown_with_exactly_one_request(
 
     action = w.action("i1")
     assert (action["status"], action["manual_reason"]) == ("manual", "delivery_unknown")
-    assert len(server.requests) == 1
+    assert len(sends(server)) == 1
     assert len(server.mails) == 1  # SendGrid did take it: a retry would have sent it twice
 
 
@@ -524,14 +529,14 @@ def test_pipeline_401_fails_the_batch_and_changes_no_action(
     run(w, server, clock, "2026-12-02T05:00Z")  # actions created, due Thu 08:30 Paris
     kept = ("status", "attempts", "manual_reason", "detail", "recipient", "deliver_at", "provider")
     before = {a["invoice_id"]: {k: a[k] for k in kept} for a in w.actions()}
-    assert {a["status"] for a in before.values()} == {"scheduled"} and server.requests == []
+    assert {a["status"] for a in before.values()} == {"scheduled"} and sends(server) == []
 
     with pytest.raises(FatalChannelError, match="401"):
         run(w, server, clock, "2026-12-03T05:00Z", SENDGRID_API_KEY="SG.revoked")
 
     after = {a["invoice_id"]: {k: a[k] for k in kept} for a in w.actions()}
     assert after == before
-    assert server.mails == [] and len(server.requests) >= 1
+    assert server.mails == [] and len(sends(server)) >= 1
     assert [r["status"] for r in w.rows("SELECT status FROM dispatch_runs ORDER BY as_of")] == [
         "succeeded",
         "failed",

@@ -82,6 +82,10 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
                 claim_token=None,
                 claimed_at=None,
                 claimed_by_run=None,
+                # what the send had written ahead of the hand-over did not happen
+                recipient=None,
+                deliver_at=None,
+                provider=None,
                 attempts=invoice_actions.c.attempts - 1,
                 updated_at=ctx.as_of,
             )
