@@ -106,9 +106,7 @@ def resolve_templates(db: Database, ctx: RunContext) -> ResolveSummary:
             stmt = (
                 dialect_insert(conn, invoice_actions)
                 .on_conflict_do_nothing(index_elements=["invoice_id"])
-                .returning(
-                    invoice_actions.c.action_id, invoice_actions.c.invoice_id, sort_by_parameter_order=True
-                )
+                .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
             )
             created = conn.execute(stmt, rows).all()
             described = (
