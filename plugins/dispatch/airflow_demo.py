@@ -30,7 +30,7 @@ from sqlalchemy import select
 from dispatch.db.engine import make_engine
 from dispatch.db.schema import dispatch_runs
 from dispatch.demo_data import apply_accounting_changes
-from dispatch.demo_runner import day_line, demo_days, prepare, print_summary
+from dispatch.demo_runner import announce, day_line, demo_days, prepare, print_summary
 from dispatch.paths import repo_root, resolve
 from dispatch.settings import Settings, load_settings
 
@@ -141,10 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
-    print(
-        f"Demo built for today {today}: {summary.invoices} accounting rows ({summary.malformed} malformed), "
-        f"{summary.customers} customers, organizations {', '.join(summary.org_ids)}"
-    )
+    announce(summary)
     logs = resolve(AIRFLOW_HOME) / "demo-logs"
     print(f"Airflow: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']} (SQLite metadata); migrating, creating pools…")
     prepare_airflow(logs)

@@ -128,14 +128,20 @@ def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # ty
     )
 
 
+def announce(summary) -> None:  # type: ignore[no-untyped-def]
+    """The demo's first line: what was built, for which day."""
+    print(
+        f"Demo built for today {summary.today}: {summary.invoices} accounting rows "
+        f"({summary.malformed} malformed), {summary.customers} customers, "
+        f"organizations {', '.join(summary.org_ids)}"
+    )
+
+
 def main() -> None:
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
-    print(
-        f"Demo built for today {today}: {summary.invoices} accounting rows ({summary.malformed} malformed), "
-        f"{summary.customers} customers, organizations {', '.join(summary.org_ids)}"
-    )
+    announce(summary)
     lines = []
     for as_of in demo_days(today):
         apply_accounting_changes(settings.accounting_db_url, summary.changes, upto=as_of)
