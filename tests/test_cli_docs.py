@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import click
-
 from dispatch.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
