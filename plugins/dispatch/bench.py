@@ -40,21 +40,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from dispatch.bench_data import append_new_invoices, generate_bench
-from dispatch.channels.factory import build_channels
 from dispatch.config_file import load_config_file
 from dispatch.db.engine import make_engine
 from dispatch.db.migrate import upgrade
-from dispatch.db.session import Database
-from dispatch.dispatcher import dispatch_batch
-from dispatch.due import compute_due_sends
-from dispatch.extract import extract_invoices
 from dispatch.paths import resolve
-from dispatch.pipeline import Engines, ensure_schema
-from dispatch.runs import RunContext, fail_run, start_run
+from dispatch.pipeline import STAGES as STAGES  # the table rows, re-exported
+from dispatch.pipeline import Engines, run_pipeline
 from dispatch.settings import Settings, load_settings
-from dispatch.tagging import tag_new_invoices
-from dispatch.template_resolution import resolve_templates
-from dispatch.writeback import write_back
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL_ENV = "DISPATCH_BENCH_PG_URL"
@@ -63,7 +55,6 @@ PG_URL_ENV = "DISPATCH_BENCH_PG_URL"
 DEFAULT_FIRST_DAY = dt.date(2025, 3, 11)
 RUN_TIME = dt.time(5, 0)
 NEW_INVOICES_FRACTION = 0.01
-STAGES = ("extract", "tag", "resolve templates", "compute due", "dispatch", "write back")
 OUTBOX_CHANNELS = {"email": "e-mails", "sms": "SMS", "letter": "letters"}
 MIB = 1024 * 1024
 
@@ -221,48 +212,43 @@ def count_outbox(outbox_dir: Path) -> dict[str, int]:
     }
 
 
+#: What each stage "handled", for the rows column (see docs/benchmark.md).
+ROWS: dict[str, Callable[[Any], int]] = {
+    "extract": lambda s: s.read,
+    "tag": lambda s: s.to_send + s.not_required + s.cancelled,
+    "resolve templates": lambda s: s.created,
+    "compute due": lambda s: s.due + s.not_due + s.entered_todo,
+    "dispatch": lambda batches: sum(b.claimed for b in batches),
+    "write back": lambda counts: int(counts["synced"]),
+    "pull bounces": lambda summary: int(summary.get("bounced") or 0),
+}
+
+
 def timed_run(
     settings: Settings, engines: Engines, as_of: dt.datetime, timer: StageTimer, figures: RunFigures
 ) -> RunFigures:
-    """The body of :func:`dispatch.pipeline.run_pipeline`, one timed stage at a time."""
-    ensure_schema(engines.dispatch)
-    db = Database(engines.dispatch)
-    channels = build_channels(settings)
-    ctx = RunContext.new(as_of, run_id=f"bench__{figures.label}__{as_of:%Y%m%dT%H%M%SZ}")
+    """:func:`dispatch.pipeline.run_pipeline` itself, each stage timed on its own."""
     tag = f"{figures.backend}-{figures.label}"
     before = count_outbox(settings.outbox_dir)
+    results: dict[str, Any] = {}
 
-    def stage(name: str, fn: Callable[[], Any], rows: Callable[[Any], int]) -> Any:
+    def measure(name: str, fn: Callable[[], Any]) -> Any:
         result, stage_figures = timer.measure(name, tag, fn)
-        stage_figures.rows = rows(result)
+        stage_figures.rows = ROWS[name](result)
         figures.stages.append(stage_figures)
+        results[name] = result
         return result
 
-    def dispatch_all(n_batches: int) -> list:
-        return [dispatch_batch(db, engines.accounting, ctx, b, channels, settings) for b in range(n_batches)]
-
     figures.load_before = load_average()
-    start_run(db, ctx)
-    try:
-        stage(
-            "extract",
-            lambda: extract_invoices(db, engines.accounting, ctx, settings.extract_lookback),
-            lambda s: s.read,
-        )
-        stage("tag", lambda: tag_new_invoices(db, ctx), lambda s: s.to_send + s.not_required + s.cancelled)
-        stage("resolve templates", lambda: resolve_templates(db, ctx), lambda s: s.created)
-        due = stage(
-            "compute due",
-            lambda: compute_due_sends(db, ctx, channels, settings),
-            lambda s: s.due + s.not_due + s.entered_todo,
-        )
-        batches = stage("dispatch", lambda: dispatch_all(due.batches), lambda bs: sum(b.claimed for b in bs))
-        stage("write back", lambda: write_back(db, ctx), lambda c: int(c["synced"]))
-    except BaseException:
-        fail_run(db, ctx.run_id)
-        raise
-    figures.batches = due.batches
-    for b in batches:
+    run_pipeline(
+        settings,
+        as_of,
+        run_id=f"bench__{figures.label}__{as_of:%Y%m%dT%H%M%SZ}",
+        engines=engines,
+        measure=measure,
+    )
+    figures.batches = results["compute due"].batches
+    for b in results["dispatch"]:
         figures.dispatch_events.update(b.events)
     after = count_outbox(settings.outbox_dir)
     figures.outbox_written = {ch: after[ch] - before[ch] for ch in OUTBOX_CHANNELS}

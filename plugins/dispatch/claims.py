@@ -28,8 +28,13 @@ from dispatch.runs import RunContext
 log = logging.getLogger(__name__)
 
 
+def token_prefix(run_id: str, scope: str) -> str:
+    """What every claim token of one task (a run's batch, a person's send) starts with."""
+    return f"{run_id}#{scope}#"
+
+
 def new_token(run_id: str, scope: str) -> str:
-    return f"{run_id}#{scope}#{uuid.uuid4().hex[:12]}"
+    return token_prefix(run_id, scope) + uuid.uuid4().hex[:12]
 
 
 def claim(
@@ -105,20 +110,19 @@ def abandoned_claims(
     own_token: str | None = None,
 ) -> pd.DataFrame:
     """Actions left ``sending`` by a run that died: the claim is older than the lease on the
-    as-of clock, or its run is recorded failed, or (``same_scope_prefix``) an earlier try of
-    this very task claimed it — Airflow runs one try of a task at a time."""
-    failed_runs = select(dispatch_runs.c.run_id).where(dispatch_runs.c.status == "failed")
-    dead = or_(
-        invoice_actions.c.claimed_at < ctx.as_of - lease,
-        invoice_actions.c.claimed_by_run.in_(failed_runs),
-    )
+    as-of clock, or its run is recorded failed. With ``same_scope_prefix``, only those an
+    earlier try of this very task claimed (Airflow runs one try of a task at a time); the
+    run-wide sweep is compute_due's, done once per run rather than once per batch."""
     if same_scope_prefix:
+        dead = and_(
+            invoice_actions.c.claim_token.startswith(same_scope_prefix, autoescape=True),
+            invoice_actions.c.claim_token != (own_token or ""),
+        )
+    else:
+        failed_runs = select(dispatch_runs.c.run_id).where(dispatch_runs.c.status == "failed")
         dead = or_(
-            dead,
-            and_(
-                invoice_actions.c.claim_token.startswith(same_scope_prefix, autoescape=True),
-                invoice_actions.c.claim_token != (own_token or ""),
-            ),
+            invoice_actions.c.claimed_at < ctx.as_of - lease,
+            invoice_actions.c.claimed_by_run.in_(failed_runs),
         )
     stmt = select(
         invoice_actions.c.action_id,

@@ -17,15 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 from sqlalchemy import and_
 
 from dispatch import source
 from dispatch.channels.base import Channel, ChannelError, FatalChannelError, SendResult, TransientError
-from dispatch.claims import claim, new_token, release, settle_abandoned
+from dispatch.claims import claim, new_token, release, settle_abandoned, token_prefix
 from dispatch.db.bulk import update_rows
 from dispatch.db.schema import invoice_actions
 from dispatch.db.session import Database
@@ -60,7 +58,7 @@ def dispatch_batch(
 ) -> BatchSummary:
     """Send batch ``batch_no`` of the run's due actions (staged by compute_due_sends)."""
     summary = BatchSummary(batch_no=batch_no)
-    scope = f"{ctx.run_id}#b{batch_no}#"
+    scope = token_prefix(ctx.run_id, f"b{batch_no}")
     token = new_token(ctx.run_id, f"b{batch_no}")
     # An earlier try of this very task that died left its claims: settle them first.
     summary.events.update(
@@ -210,19 +208,3 @@ def _outcome(
         detail=str(result),
         recipient=recipient,
     )
-
-
-def dispatch_all(
-    db: Database,
-    accounting,
-    ctx: RunContext,
-    n_batches: int,
-    channels: dict[str, Channel],
-    settings: Settings,
-) -> list[BatchSummary]:  # type: ignore[no-untyped-def]
-    """All batches one after the other (the CLI's run; the DAG maps them instead)."""
-    return [dispatch_batch(db, accounting, ctx, b, channels, settings) for b in range(n_batches)]
-
-
-def counts_frame(summaries: Sequence[BatchSummary]) -> pd.DataFrame:
-    return pd.DataFrame([s.as_dict() for s in summaries])

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import Engine
 
@@ -17,7 +19,7 @@ from dispatch.channels.factory import build_channels
 from dispatch.db.engine import make_engine
 from dispatch.db.migrate import is_current
 from dispatch.db.session import Database
-from dispatch.dispatcher import dispatch_batch
+from dispatch.dispatcher import BatchSummary, dispatch_batch
 from dispatch.due import compute_due_sends
 from dispatch.errors import DispatchError
 from dispatch.extract import extract_invoices
@@ -58,6 +60,17 @@ def ensure_schema(engine: Engine) -> None:
         )
 
 
+#: The stages of a run, in order (the DAG runs the same functions, one task each).
+STAGES = ("extract", "tag", "resolve templates", "compute due", "dispatch", "write back", "pull bounces")
+
+T = TypeVar("T")
+Measure = Callable[[str, Callable[[], T]], T]
+
+
+def _untimed(_name: str, fn: Callable[[], T]) -> T:
+    return fn()
+
+
 def run_pipeline(
     settings: Settings,
     as_of: dt.datetime,
@@ -67,9 +80,11 @@ def run_pipeline(
     engines: Engines | None = None,
     db: Database | None = None,
     channels: dict[str, Channel] | None = None,
-    progress=None,  # type: ignore[no-untyped-def]
+    progress: Callable[[str], None] | None = None,
+    measure: Measure | None = None,
 ) -> RunReport:
-    """extract → tag → resolve templates → compute due → dispatch (batches) → write back."""
+    """extract → tag → resolve templates → compute due → dispatch (batches) → write back →
+    pull bounces. ``measure(name, fn)`` wraps each stage (the benchmark times them)."""
     engines = engines or Engines.from_settings(settings)
     if db is None:
         ensure_schema(engines.dispatch)
@@ -80,27 +95,35 @@ def run_pipeline(
     ctx = RunContext.new(as_of, run_id=run_id, horizon=horizon)
     report = RunReport(ctx.run_id, ctx.as_of, ctx.horizon)
     say = progress or (lambda msg: log.info(msg))
+    stage = measure or _untimed
+
+    def dispatch_batches(n: int) -> list[BatchSummary]:
+        batches = []
+        for b in range(n):
+            batches.append(dispatch_batch(db, engines.accounting, ctx, b, channels, settings))
+            say(f"dispatch batch {b + 1}/{n}: {batches[-1].as_dict()['events']}")
+        return batches
+
     start_run(db, ctx)
     try:
-        report.stages["extract"] = extract_invoices(
-            db, engines.accounting, ctx, settings.extract_lookback
-        ).as_dict()
+        extracted = stage(
+            "extract", lambda: extract_invoices(db, engines.accounting, ctx, settings.extract_lookback)
+        )
+        report.stages["extract"] = extracted.as_dict()
         say(f"extract: {report.stages['extract']}")
-        report.stages["tag"] = tag_new_invoices(db, ctx).as_dict()
+        report.stages["tag"] = stage("tag", lambda: tag_new_invoices(db, ctx)).as_dict()
         say(f"tag: {report.stages['tag']}")
-        report.stages["resolve_templates"] = resolve_templates(db, ctx).as_dict()
+        report.stages["resolve_templates"] = stage(
+            "resolve templates", lambda: resolve_templates(db, ctx)
+        ).as_dict()
         say(f"resolve templates: {report.stages['resolve_templates']}")
-        due = compute_due_sends(db, ctx, channels, settings)
+        due = stage("compute due", lambda: compute_due_sends(db, ctx, channels, settings))
         report.stages["compute_due"] = due.as_dict()
         say(f"compute due: {report.stages['compute_due']}")
-        batches = []
-        for b in range(due.batches):
-            summary = dispatch_batch(db, engines.accounting, ctx, b, channels, settings)
-            batches.append(summary.as_dict())
-            say(f"dispatch batch {b + 1}/{due.batches}: {summary.as_dict()['events']}")
-        report.stages["dispatch"] = {"batches": batches}
-        report.counts = write_back(db, ctx)
-        report.stages["bounces"] = pull_bounces_stage(db, settings, ctx)
+        batches = stage("dispatch", lambda: dispatch_batches(due.batches))
+        report.stages["dispatch"] = {"batches": [b.as_dict() for b in batches]}
+        report.counts = stage("write back", lambda: write_back(db, ctx))
+        report.stages["bounces"] = stage("pull bounces", lambda: pull_bounces_stage(db, settings, ctx))
     except BaseException:
         fail_run(db, ctx.run_id)
         raise
