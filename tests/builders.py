@@ -215,6 +215,11 @@ class World:
         return self.root / "outbox"
 
     @property
+    def pdf_root(self) -> Path:
+        """The invoice folder (``DISPATCH_PDF_ROOT``) the world's PDFs are written to."""
+        return self.root / "pdfs"
+
+    @property
     def backend(self) -> str:
         return self.dispatch.dialect.name
 
@@ -224,6 +229,7 @@ class World:
             "DISPATCH_DB_URL": self.urls["dispatch"],
             "ACCOUNTING_DB_URL": self.urls["accounting"],
             "DISPATCH_OUTBOX_DIR": str(self.outbox),
+            "DISPATCH_PDF_ROOT": str(self.pdf_root),
             "DISPATCH_EMAIL_BACKEND": "outbox",
             "DISPATCH_SMS_BACKEND": "outbox",
             "DISPATCH_LETTER_BACKEND": "outbox",
@@ -432,7 +438,7 @@ class World:
         if pdf:
             from dispatch.letters import build_invoice_placeholder_pdf
 
-            path = self.root / "pdfs" / f"{invoice_id}.pdf"
+            path = self.pdf_root / f"{invoice_id}.pdf"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(build_invoice_placeholder_pdf(number or invoice_id.upper(), ["1 x Widget"]))
             pdf_path = str(path)

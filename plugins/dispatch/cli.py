@@ -434,7 +434,7 @@ def demo(today: str | None, seed: int) -> None:
     day = dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
     summary = build_demo(
         settings.accounting_db_url,
-        resolve("var/demo/pdfs"),
+        settings.pdf_root,  # the demo's invoice PDFs live where runs read them
         day,
         seed,
         config_out=resolve("var/demo/config.yaml"),

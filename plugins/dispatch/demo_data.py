@@ -555,7 +555,8 @@ def build_demo(
     configuration rendered for ``today`` (to ``config_out``, default ``pdf_dir/../demo-config.yaml``).
 
     Deterministic for a given ``(today, seed)``; ``pdf_path`` values are absolute paths under
-    ``pdf_dir``, so a reader need not know where the demo was built from.
+    ``pdf_dir``, so a reader need not know where the demo was built from. ``pdf_dir`` must be
+    the invoice folder runs read from (``DISPATCH_PDF_ROOT``): a PDF anywhere else is refused.
     """
     pdf_dir = Path(pdf_dir).resolve()
     pdf_dir.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def prepare(settings: Settings, today: dt.date):  # type: ignore[no-untyped-def]
     reset_embedded_state(settings)
     summary = build_demo(
         settings.accounting_db_url,
-        resolve("var/demo/pdfs"),
+        settings.pdf_root,  # the demo's invoice PDFs live where runs read them
         today,
         config_out=resolve("var/demo/config.yaml"),
     )

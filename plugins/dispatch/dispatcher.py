@@ -113,6 +113,8 @@ def send_claimed(
         deliver_at,
         default_sender=settings.mail_from,
         today=ctx.as_of.date(),
+        pdf_root=settings.pdf_root,
+        pdf_max_bytes=settings.pdf_max_bytes,
     )
     with db.tx() as conn:
         counts.update(apply_outcomes(conn, prepared.outcomes, token=token, at=ctx.as_of, run_id=ctx.run_id))

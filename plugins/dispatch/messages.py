@@ -1,7 +1,8 @@
 """Turn claimed actions into rendered messages, or into the manual outcome that stops them.
 
 The checks run in the order a person would fix them: the invoice is still valid (B5), a
-recipient exists and is valid (R11), the template renders (B7), the invoice PDF is there.
+recipient exists and is valid (R11), the template renders (B7), the invoice PDF is there
+(inside the invoice folder, and a PDF: :mod:`dispatch.invoice_pdf`).
 Rendering is per message by nature; everything else was prepared as whole columns.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -17,8 +19,8 @@ from sqlalchemy import Connection, select
 
 from dispatch.channels.base import Attachment, OutgoingMessage
 from dispatch.db.schema import customers, invoice_actions, invoice_templates, invoices, organizations, users
+from dispatch.invoice_pdf import PdfRefusal, read_invoice_pdf
 from dispatch.outcomes import Outcome
-from dispatch.paths import resolve
 from dispatch.rendering import TemplateError, TemplateSpec, build_context, render_message, resolve_locale
 
 FALLBACK_SENDER = "invoices@localhost"
@@ -87,8 +89,15 @@ def prepare_messages(
     *,
     default_sender: str | None,
     today: dt.date,
+    pdf_root: Path,
+    pdf_max_bytes: int,
 ) -> Prepared:
-    """Messages for the actions that can go, outcomes for those that cannot."""
+    """Messages for the actions that can go, outcomes for those that cannot.
+
+    The invoice PDF is read only through :func:`dispatch.invoice_pdf.read_invoice_pdf`, from
+    ``pdf_root`` and up to ``pdf_max_bytes``: whatever ``pdf_path`` says, no other file of the
+    server can become an attachment or a letter's pages.
+    """
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
     now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
@@ -150,21 +159,13 @@ def prepare_messages(
         attachments: tuple[Attachment, ...] = ()
         pdf_path = _none(now_pdf.get(iid, row.pdf_path))
         if pdf_path:
-            path = resolve(str(pdf_path))
-            try:
-                attachments = (Attachment(f"invoice-{row.number}.pdf".replace("/", "-"), path.read_bytes()),)
-            except OSError as exc:
+            pdf = read_invoice_pdf(str(pdf_path), pdf_root, pdf_max_bytes)
+            if isinstance(pdf, PdfRefusal):
                 outcomes.append(
-                    Outcome(
-                        aid,
-                        iid,
-                        "manual",
-                        "manual",
-                        manual_reason="missing_pdf",
-                        detail=f"{path}: {exc.strerror}",
-                    )
+                    Outcome(aid, iid, "manual", "manual", manual_reason=pdf.reason, detail=pdf.detail)
                 )
                 continue
+            attachments = (Attachment(f"invoice-{row.number}.pdf".replace("/", "-"), pdf.content),)
         messages.append(
             OutgoingMessage(
                 action_id=aid,

@@ -19,6 +19,8 @@ from dispatch.paths import resolve
 DEFAULT_DISPATCH_DB = "sqlite:///var/dispatch.db"
 DEFAULT_ACCOUNTING_DB = "sqlite:///var/accounting.db"
 DEFAULT_OUTBOX = "var/outbox"
+DEFAULT_PDF_ROOT = "var/invoices"
+DEFAULT_PDF_MAX_BYTES = 20 * 1024 * 1024
 
 EMAIL_BACKENDS = ("outbox", "sendgrid", "smtp")
 SMS_BACKENDS = ("outbox", "twilio")
@@ -36,6 +38,10 @@ class Settings:
     dispatch_db_url: str = DEFAULT_DISPATCH_DB
     accounting_db_url: str = DEFAULT_ACCOUNTING_DB
     outbox_dir: Path = field(default_factory=lambda: resolve(DEFAULT_OUTBOX))
+    #: the folder invoice PDFs are read from; a pdf_path leading anywhere else is refused
+    pdf_root: Path = field(default_factory=lambda: resolve(DEFAULT_PDF_ROOT))
+    #: a larger invoice PDF is refused (manual invalid_pdf), and never read beyond this
+    pdf_max_bytes: int = DEFAULT_PDF_MAX_BYTES
     email_backend: str = "outbox"
     sms_backend: str = "outbox"
     letter_backend: str = "outbox"
@@ -110,6 +116,8 @@ ENV_NAMES: dict[str, str] = {
     "dispatch_db_url": "DISPATCH_DB_URL",
     "accounting_db_url": "ACCOUNTING_DB_URL",
     "outbox_dir": "DISPATCH_OUTBOX_DIR",
+    "pdf_root": "DISPATCH_PDF_ROOT",
+    "pdf_max_bytes": "DISPATCH_PDF_MAX_BYTES",
     "email_backend": "DISPATCH_EMAIL_BACKEND",
     "sms_backend": "DISPATCH_SMS_BACKEND",
     "letter_backend": "DISPATCH_LETTER_BACKEND",
@@ -143,7 +151,7 @@ ENV_NAMES: dict[str, str] = {
 
 
 def _convert(name: str, raw: str) -> object:
-    if name == "outbox_dir":
+    if name in ("outbox_dir", "pdf_root"):
         return resolve(raw)
     if name in ("http_timeout", "smtp_timeout"):
         try:
@@ -160,6 +168,7 @@ def _convert(name: str, raw: str) -> object:
         "send_concurrency",
         "smtp_connections",
         "twilio_max_segments",
+        "pdf_max_bytes",
     ):
         try:
             value = int(raw)

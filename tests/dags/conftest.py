@@ -89,12 +89,14 @@ class DemoCopy:
     accounting_url: str
     outbox: Path
     changes: tuple
+    pdf_root: Path
 
     def environ(self) -> dict[str, str]:
         return {
             "DISPATCH_DB_URL": self.dispatch_url,
             "ACCOUNTING_DB_URL": self.accounting_url,
             "DISPATCH_OUTBOX_DIR": str(self.outbox),
+            "DISPATCH_PDF_ROOT": str(self.pdf_root),
         }
 
     def settings(self):  # type: ignore[no-untyped-def]
@@ -124,7 +126,7 @@ def build_demo_copy(root: Path, dispatch_url: str, accounting_url: str) -> DemoC
     finally:
         engine.dispose()
         accounting.dispose()
-    return DemoCopy(dispatch_url, accounting_url, root / "outbox", summary.changes)
+    return DemoCopy(dispatch_url, accounting_url, root / "outbox", summary.changes, summary.pdf_dir)
 
 
 def demo_days() -> list[dt.datetime]:

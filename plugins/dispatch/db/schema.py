@@ -51,6 +51,8 @@ MANUAL_REASONS = (
     "delivery_unknown",
     "bounced",
     "missing_pdf",  # beyond the contract: the invoice's PDF file is not where pdf_path says
+    "pdf_outside_root",  # beyond the contract: pdf_path leads outside DISPATCH_PDF_ROOT (never read)
+    "invalid_pdf",  # beyond the contract: not a regular file, over the size limit, or not a PDF
 )
 CHANNELS = ("email", "letter", "sms")
 ACCOUNTING_STATUSES = ("open", "paid", "void")
