@@ -3,11 +3,14 @@
 Shared by the backends that hand over raw MIME (the embedded outbox, SMTP), so that what
 the outbox records is exactly what a relay would receive. The Message-ID derives from the
 action, so a message handed over twice by mistake is recognisable as one by any mail
-system that de-duplicates on it.
+system that de-duplicates on it. :func:`email_safe` is the gate every e-mail backend's
+message passes (the SendGrid request too): no control character reaches an e-mail
+(:mod:`dispatch.control_chars`), and a line break in a header field is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from email import policy
@@ -17,6 +20,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from dispatch.channels.base import OutgoingMessage
+from dispatch.control_chars import clean_body, clean_line, has_controls
 
 #: Domain part of every Message-ID this system generates.
 MESSAGE_ID_DOMAIN = "invoice-dispatch"
@@ -51,12 +55,51 @@ def check_header_value(name: str, value: str) -> str:
     return value
 
 
+def _header_text(name: str, value: str) -> str:
+    """A header field's text: a line break refused, any other control character dropped."""
+    return clean_line(check_header_value(name, value))
+
+
+def _check_address(name: str, addr_spec: str) -> str:
+    check_header_value(name, addr_spec)
+    if has_controls(addr_spec):
+        raise ValueError(f"header {name}: invalid address {addr_spec!r} (control character)")
+    return addr_spec
+
+
+def email_safe(message: OutgoingMessage) -> OutgoingMessage:
+    """``message`` as it may become an e-mail: subject, sender name and attachment names
+    without control characters, bodies with only tab and newline among them.
+
+    Raises ``ValueError`` for a line break in a header field or a control character in an
+    address: those are refused, not repaired (the action becomes manual with the reason).
+    """
+    for name, address in (
+        ("From", message.sender),
+        ("Reply-To", message.reply_to),
+        *(("To", recipient) for recipient in message.recipients),
+    ):
+        if address:
+            _check_address(name, address)
+    return dataclasses.replace(
+        message,
+        subject=None if message.subject is None else _header_text("Subject", message.subject),
+        sender_name=None if message.sender_name is None else _header_text("From", message.sender_name),
+        body_text=clean_body(message.body_text),
+        body_html=None if message.body_html is None else clean_body(message.body_html),
+        attachments=tuple(
+            dataclasses.replace(a, filename=_header_text("attachment filename", a.filename))
+            for a in message.attachments
+        ),
+    )
+
+
 def _address(name: str, addr_spec: str, display_name: str | None = None) -> Address:
     """One mailbox; an internationalized domain is sent in its IDNA (ASCII) form, since the
     message is not SMTPUTF8 and a raw UTF-8 domain would be encoded into garbage."""
-    check_header_value(name, addr_spec)
+    _check_address(name, addr_spec)
     if display_name is not None:
-        check_header_value(name, display_name)
+        display_name = _header_text(name, display_name)
     local, at, domain = addr_spec.strip().rpartition("@")
     try:
         if at and not domain.isascii():
@@ -79,7 +122,9 @@ def build_email(message: OutgoingMessage, *, default_sender: str | None) -> Emai
 
     Raises ``ValueError`` for anything that cannot become a valid message: no sender, no
     recipient, an invalid address, a line break in a header value, a naive ``deliver_at``.
+    Control characters are dropped first (:func:`email_safe`).
     """
+    message = email_safe(message)
     sender = message.sender or default_sender
     if not sender:
         raise ValueError("no sender address: the organization sets none and DISPATCH_MAIL_FROM is unset")

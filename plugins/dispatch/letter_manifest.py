@@ -26,6 +26,8 @@ Why it is built the way it is:
   and :func:`ensure_listed` — called when the outbox meets an existing letter again, as when
   a dead run's claim is settled — adds the missing row once.
 * :func:`rebuild_manifest` rewrites a day's file from the directory's letters, for repair.
+* No cell holds a control character (:mod:`dispatch.control_chars`), whatever a letter's
+  document information says: a print house's CSV reader gets plain lines.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
+from dispatch.control_chars import clean_block, clean_line
 from dispatch.letters import read_letter_metadata
 
 ADDRESS_COLUMNS = 6
@@ -76,7 +79,7 @@ class ManifestRow:
 
     def cells(self) -> list[str]:
         *head, address = astuple(self)
-        return [str(v) for v in head] + list(address)
+        return [clean_line(str(v)) for v in (*head, *address)]
 
 
 def manifest_path(outbox_root: Path, day: dt.date) -> Path:
@@ -84,7 +87,7 @@ def manifest_path(outbox_root: Path, day: dt.date) -> Path:
 
 
 def _address_cells(block: str) -> tuple[str, ...]:
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    lines = [line.strip() for line in clean_block(block).split("\n") if line.strip()]
     if len(lines) > ADDRESS_COLUMNS:
         lines = [*lines[: ADDRESS_COLUMNS - 1], ", ".join(lines[ADDRESS_COLUMNS - 1 :])]
     return tuple(lines + [""] * (ADDRESS_COLUMNS - len(lines)))

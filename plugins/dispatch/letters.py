@@ -10,6 +10,11 @@ is used when one is installed (from matplotlib if present, else the usual system
 locations); otherwise text is folded to Latin-1 (typographic characters to their ASCII
 look-alikes, accents kept where Latin-1 has them, anything else to ``?``) so that a name
 the font cannot draw never makes a letter fail.
+
+:func:`build_letter_pdf` is the letter's gate for control characters
+(:mod:`dispatch.control_chars`): the body keeps tab and newline, address and sender lines and
+the document information keep none, so no NUL or escape sequence is printed or reaches the
+print manifest.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pypdf import PdfReader, PdfWriter
 from pypdf.errors import PyPdfError
 
 from dispatch.channels.base import OutgoingMessage
+from dispatch.control_chars import clean_block, clean_body, clean_line
 from dispatch.emails import deliver_at_iso
 
 # Layout in millimetres (A4 portrait, 210 x 297).
@@ -226,6 +232,8 @@ def build_letter_pdf(
     itself. ``creation_date`` defaults to a fixed instant so that output is reproducible.
     Raises ``ValueError`` when the invoice PDF cannot be read.
     """
+    sender_block, recipient_block = clean_block(sender_block), clean_block(recipient_block)
+    body_text, date_line = clean_body(body_text), clean_line(date_line)
     if not recipient_block.strip():
         raise ValueError("letter has no recipient address")
     letter = _LetterPdf(creation_date or _FIXED_CREATION_DATE)
@@ -244,7 +252,9 @@ def build_letter_pdf(
         except (PyPdfError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"invoice PDF cannot be read: {exc}") from exc
     if metadata:
-        writer.add_metadata({f"/{key.lstrip('/')}": value for key, value in metadata.items()})
+        writer.add_metadata(
+            {f"/{clean_line(key).lstrip('/')}": clean_block(value) for key, value in metadata.items()}
+        )
     buffer = io.BytesIO()
     writer.write(buffer)
     return buffer.getvalue()

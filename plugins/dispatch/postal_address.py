@@ -19,6 +19,8 @@ else as the default country (``PRINTAPI_DEFAULT_COUNTRY``). A block that does no
 no postcode line, a single line, no country to be found — is refused with a
 :class:`AddressError` that says which rule it breaks, for a person to fix the contact.
 Nothing is guessed beyond that: a letter sent to a mis-parsed address is printed and paid for.
+Control characters are dropped from every line first (:mod:`dispatch.control_chars`), so none
+reaches a print API's address fields.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
+
+from dispatch.control_chars import clean_block
 
 #: "City, ST ZIP": US (and Canadian) style, the state or province as a two-letter code.
 _CITY_STATE_ZIP = re.compile(
@@ -96,7 +100,7 @@ def country_code(line: str) -> str | None:
 
 def parse_postal_address(block: str, default_country: str | None = None) -> PostalAddress:
     """Split ``block`` (see the module docstring); :class:`AddressError` when it does not fit."""
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    lines = [line.strip() for line in clean_block(block).split("\n") if line.strip()]
     if len(lines) < 3:
         raise AddressError(
             f"a postal address needs at least 3 lines (name, street, 'ZIP City' or 'City, ST ZIP'); "

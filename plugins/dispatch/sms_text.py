@@ -9,12 +9,16 @@ a surrogate pair) is never split across segments, so segments are filled greedil
 :func:`normalize_sms` folds the typographic characters templates commonly produce (the
 narrow no-break space babel puts in French amounts, curly quotes, dashes) to their GSM
 look-alikes — what Twilio's "smart encoding" does — because one of them would otherwise
-halve the room of the whole message.
+halve the room of the whole message. It is also the SMS's gate for control characters: a
+NUL or an escape sequence never reaches a phone (:mod:`dispatch.control_chars`; the body keeps
+newlines, a tab becomes a space since GSM-7 has none).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dispatch.control_chars import clean_body, clean_line
 
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -59,9 +63,20 @@ class SmsLength:
     segments: int
 
 
+def sms_safe(text: str) -> str:
+    """An SMS body without control characters: newlines kept, a tab as a space, CR LF as ``\\n``."""
+    return clean_body(text).replace("\t", " ")
+
+
+def sms_safe_line(text: str) -> str:
+    """A single-line SMS field (a number, a sender name): no control character at all."""
+    return clean_line(text)
+
+
 def normalize_sms(text: str) -> str:
-    """``text`` with typographic characters folded to GSM look-alikes and line ends as ``\\n``."""
-    return text.replace("\r\n", "\n").translate(_LOOKALIKES)
+    """``text`` with typographic characters folded to GSM look-alikes, line ends as ``\\n``
+    and no control character (:func:`sms_safe`)."""
+    return sms_safe(text).translate(_LOOKALIKES)
 
 
 def measure_sms(text: str) -> SmsLength:

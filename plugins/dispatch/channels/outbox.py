@@ -262,12 +262,14 @@ def _render_email(message: OutgoingMessage, default_sender: str | None) -> bytes
 def _render_sms(message: OutgoingMessage) -> bytes:
     if len(message.recipients) != 1:
         raise ValueError(f"an SMS needs exactly one recipient number, got {len(message.recipients)}")
+    from dispatch.sms_text import sms_safe, sms_safe_line
+
     record = {
         "action_id": message.action_id,
         "invoice_id": message.invoice_id,
         "org_id": message.org_id,
-        "to": message.recipients[0],
-        "body": message.body_text,
+        "to": sms_safe_line(message.recipients[0]),
+        "body": sms_safe(message.body_text),  # no control character, as Twilio would get it
         "deliver_at": deliver_at_iso(message.deliver_at),
     }
     return (json.dumps(record, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

@@ -51,6 +51,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import RetryPolicy, call_with_retry, send_concurrently
+from dispatch.control_chars import clean_line
 from dispatch.errors import DispatchError
 from dispatch.postal_address import AddressError, PostalAddress, parse_postal_address
 from dispatch.settings import Settings
@@ -212,7 +213,7 @@ class PrintApiChannel:
     def _letter_fields(message: OutgoingMessage) -> dict[str, str]:
         number = message.metadata.get("invoice_number") or message.invoice_id
         return {
-            "description": f"Invoice {number}"[:255],
+            "description": clean_line(f"Invoice {number}")[:255],
             "color": "false",
             "use_type": USE_TYPE,
             "address_placement": ADDRESS_PLACEMENT,
@@ -343,7 +344,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _metadata_value(value: str) -> str:
     """Lob metadata values: at most 500 characters, without ``"`` or ``\\``."""
-    return value.replace('"', "").replace("\\", "")[:_METADATA_MAX]
+    return clean_line(value).replace('"', "").replace("\\", "")[:_METADATA_MAX]
 
 
 def _parse_lob_time(value: Any) -> dt.datetime | None:

@@ -68,6 +68,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.emails import email_safe
 from dispatch.errors import DispatchError
 from dispatch.settings import Settings
 
@@ -263,6 +264,10 @@ def build_mail_body(
     """
     if message.channel != "email":
         raise PermanentError(f"SendGrid sends e-mail, not {message.channel}")
+    try:  # the gate of every e-mail: no control character, no line break in a header field
+        message = email_safe(message)
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from exc
     sender = message.sender or default_sender
     if not sender:
         raise PermanentError("no sender address: the organization sets none and DISPATCH_MAIL_FROM is unset")
