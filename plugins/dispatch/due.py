@@ -21,6 +21,7 @@ from dispatch.db.bulk import chunks, frame_records, update_rows
 from dispatch.db.schema import due_sends, invoice_actions, organizations
 from dispatch.db.session import Database
 from dispatch.events import record_events
+from dispatch.recovery import requeue_fixed
 from dispatch.runs import RunContext
 from dispatch.scheduling import classify_due
 from dispatch.settings import Settings
@@ -36,6 +37,7 @@ class DueSummary:
     not_due: int = 0
     entered_todo: int = 0
     settled: dict | None = None
+    requeued: dict | None = None  # manual actions whose cause was fixed (dispatch.recovery)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -80,6 +82,7 @@ def compute_due_sends(
 ) -> DueSummary:
     summary = DueSummary()
     summary.settled = settle_abandoned(db, ctx, channels, settings.claim_lease)
+    summary.requeued = requeue_fixed(db, at=ctx.as_of, run_id=ctx.run_id, pdf_root=settings.pdf_root)
     with db.tx() as conn:
         df = scheduled_actions(conn)
         conn.execute(delete(due_sends).where(due_sends.c.run_id == ctx.run_id))

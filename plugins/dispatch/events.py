@@ -19,8 +19,14 @@ def record_events(
     run_id: str | None,
     detail: str | None = None,
     details: dict[str, str | None] | None = None,
+    actor: str | None = None,
+    template_ids: dict[str, str] | None = None,
 ) -> int:
-    """Append one event per (action_id, invoice_id); ``details`` gives a per-action detail."""
+    """Append one event per (action_id, invoice_id); ``details`` gives a per-action detail.
+
+    ``actor`` is the person behind the events (NULL for what a run does on its own);
+    ``template_ids`` the template version each event sent or re-queued its action with.
+    """
     batch = [
         {
             "action_id": action_id,
@@ -29,6 +35,8 @@ def record_events(
             "event": event,
             "detail": details.get(action_id, detail) if details else detail,
             "run_id": run_id,
+            "actor": actor,
+            "template_id": template_ids.get(action_id) if template_ids else None,
         }
         for action_id, invoice_id in rows
     ]

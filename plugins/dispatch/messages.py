@@ -40,6 +40,8 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
             a.c.action_id,
             a.c.invoice_id,
             a.c.org_id,
+            a.c.plan_id,
+            a.c.template_id,
             a.c.channel,
             a.c.automatic,
             a.c.owner_user_id,
@@ -75,6 +77,21 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
         .order_by(a.c.action_id)
     )
     return pd.read_sql(stmt, conn)
+
+
+def template_fix_hint(error: str, plan_id: str, template_id: str) -> str:
+    """What a person reads in the to-do list for a ``template_error``: the error, where it
+    is, and how the action then goes (the plan's current version is used, dispatch.recovery)."""
+    return (
+        f"{error} — fix the template of plan {plan_id} (version {template_id}) in the configuration "
+        "file and load it (dispatch config load); the next run then sends it, or send it now "
+        "with dispatch todo send"
+    )
+
+
+def pdf_fix_hint(detail: str) -> str:
+    """The PDF refusal's own advice, and what happens once the file is where it belongs."""
+    return f"{detail}; once it is there, the next run sends it (or dispatch todo send)"
 
 
 def _none(value: object) -> object:
@@ -153,7 +170,14 @@ def prepare_messages(
             rendered = render_message(spec, context, _none(row.language))  # type: ignore[arg-type]
         except TemplateError as exc:
             outcomes.append(
-                Outcome(aid, iid, "manual", "manual", manual_reason="template_error", detail=str(exc))
+                Outcome(
+                    aid,
+                    iid,
+                    "manual",
+                    "manual",
+                    manual_reason="template_error",
+                    detail=template_fix_hint(str(exc), row.plan_id, row.template_id),
+                )
             )
             continue
         attachments: tuple[Attachment, ...] = ()
@@ -162,7 +186,14 @@ def prepare_messages(
             pdf = read_invoice_pdf(str(pdf_path), pdf_root, pdf_max_bytes)
             if isinstance(pdf, PdfRefusal):
                 outcomes.append(
-                    Outcome(aid, iid, "manual", "manual", manual_reason=pdf.reason, detail=pdf.detail)
+                    Outcome(
+                        aid,
+                        iid,
+                        "manual",
+                        "manual",
+                        manual_reason=pdf.reason,
+                        detail=pdf_fix_hint(pdf.detail),
+                    )
                 )
                 continue
             attachments = (Attachment(f"invoice-{row.number}.pdf".replace("/", "-"), pdf.content),)

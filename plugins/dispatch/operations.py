@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Engine, select, text, update
 
+from dispatch.actor import resolve_actor
 from dispatch.channels.base import Channel
 from dispatch.claims import claim, new_token
 from dispatch.db.bulk import chunks
-from dispatch.db.schema import invoice_actions, invoices
+from dispatch.db.schema import action_events, invoice_actions, invoices
 from dispatch.db.session import Database
 from dispatch.dispatcher import send_claimed
 from dispatch.errors import RefusedError, UnknownIdError
 from dispatch.events import record_events
+from dispatch.recovery import refresh_to_current
 from dispatch.runs import RunContext
 from dispatch.settings import Settings
 from dispatch.writeback import sync_invoice_statuses
@@ -96,10 +98,17 @@ def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
 
 
 def ignore_actions(
-    db: Database, action_ids: Sequence[str], at: dt.datetime, *, event: str = "ignored"
+    db: Database,
+    action_ids: Sequence[str],
+    at: dt.datetime,
+    *,
+    event: str = "ignored",
+    actor: str | None = None,
 ) -> OperationResult:
-    """Ignore actions: each invoice then counts as sent (R13)."""
+    """Ignore actions: each invoice then counts as sent (R13). ``actor`` is who (default:
+    :func:`dispatch.actor.default_actor`); it is stored on each event."""
     ids = _unique(action_ids)
+    who = resolve_actor(actor)
     A = invoice_actions
     with db.tx() as conn:
         found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
@@ -121,7 +130,12 @@ def ignore_actions(
                 .values(status="ignored", updated_at=at)
             )
         record_events(
-            conn, zip(todo["action_id"], todo["invoice_id"], strict=True), event=event, at=at, run_id=None
+            conn,
+            zip(todo["action_id"], todo["invoice_id"], strict=True),
+            event=event,
+            at=at,
+            run_id=None,
+            actor=who,
         )
         sync_invoice_statuses(conn, todo["invoice_id"].tolist())
     return OperationResult(
@@ -129,9 +143,13 @@ def ignore_actions(
     )
 
 
-def mark_sent(db: Database, invoice_ids: Sequence[str], at: dt.datetime) -> OperationResult:
-    """Mark invoices as sent without sending anything (R14); closes their open action."""
+def mark_sent(
+    db: Database, invoice_ids: Sequence[str], at: dt.datetime, *, actor: str | None = None
+) -> OperationResult:
+    """Mark invoices as sent without sending anything (R14); closes their open action.
+    ``actor`` is who (default: :func:`dispatch.actor.default_actor`)."""
     ids = _unique(invoice_ids)
+    who = resolve_actor(actor)
     A = invoice_actions
     with db.tx() as conn:
         found = _fetch(conn, invoices, "invoice_id", ids, [invoices.c.invoice_id, invoices.c.sending_status])
@@ -158,6 +176,7 @@ def mark_sent(db: Database, invoice_ids: Sequence[str], at: dt.datetime) -> Oper
             event="marked_sent",
             at=at,
             run_id=None,
+            actor=who,
         )
         for part in chunks(todo):
             conn.execute(
@@ -175,9 +194,17 @@ def send_action_now(
     at: dt.datetime,
     channels: dict[str, Channel],
     settings: Settings,
+    *,
+    actor: str | None = None,
 ) -> dict:
-    """A person sends a manual action through its channel now (R12)."""
+    """A person sends a manual action through its channel now (R12).
+
+    It goes out with the plan's **current** template version (:mod:`dispatch.recovery`), so
+    a template fixed and reloaded after a ``template_error`` is the one rendered. Every event
+    of the send carries the actor and that version.
+    """
     A = invoice_actions
+    who = resolve_actor(actor)
     with db.read() as conn:
         row = conn.execute(select(A.c.status, A.c.invoice_id).where(A.c.action_id == action_id)).first()
     if row is None:
@@ -187,15 +214,26 @@ def send_action_now(
     ctx = RunContext.new(at, run_id=f"manual__{at:%Y%m%dT%H%M%SZ}__{action_id}")
     token = new_token(ctx.run_id, "manual")
     with db.tx() as conn:
+        version = refresh_to_current(conn, [action_id], at=ctx.as_of, actor=who, run_id=ctx.run_id)
         won = claim(conn, [action_id], token=token, ctx=ctx, from_status=row.status)
-    if not won:
-        raise RefusedError(f"action {action_id} changed while we looked at it; try again")
+        if not won:  # raised inside: the template refresh is rolled back with it
+            raise RefusedError(f"action {action_id} changed while we looked at it; try again")
     counts = send_claimed(db, accounting, ctx, token, {action_id: ctx.as_of}, channels, settings, manual=True)
     with db.tx() as conn:
+        conn.execute(  # who sent it, and which template version went out
+            update(action_events)
+            .where(action_events.c.run_id == ctx.run_id, action_events.c.action_id == action_id)
+            .values(actor=who, template_id=version.get(action_id))
+        )
         sync_invoice_statuses(conn, [row.invoice_id])
         after = conn.execute(
             select(A.c.status, A.c.manual_reason, A.c.detail, A.c.recipient, A.c.provider_message_id).where(
                 A.c.action_id == action_id
             )
         ).first()
-    return {"action_id": action_id, "events": dict(counts), **after._asdict()}  # type: ignore[union-attr]
+    return {
+        "action_id": action_id,
+        "events": dict(counts),
+        "template_id": version.get(action_id),
+        **after._asdict(),
+    }  # type: ignore[union-attr]

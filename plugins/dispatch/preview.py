@@ -68,7 +68,9 @@ SELECT i.invoice_id, a.action_id, a.channel, a.recipient,
          ELSE 'not_due'
        END AS outcome,
        CASE
-         WHEN a.action_id IS NULL THEN 'the customer''s plan has no invoice-sending template'
+         WHEN a.action_id IS NULL AND cp.customer_id IS NULL
+           THEN 'no plan assigned to the customer that owns the invoice'
+         WHEN a.action_id IS NULL THEN 'plan ' || cp.plan_id || ' has no invoice-sending template'
          WHEN a.status = 'scheduled' THEN 'scheduled later'
          WHEN a.status = 'manual' THEN a.manual_reason
          WHEN a.status = 'cancelled' THEN a.detail
@@ -76,6 +78,7 @@ SELECT i.invoice_id, a.action_id, a.channel, a.recipient,
        END AS reason
 FROM invoices i
 LEFT JOIN invoice_actions a ON a.invoice_id = i.invoice_id
+LEFT JOIN customer_plans cp ON cp.customer_id = i.customer_id
 WHERE (i.sending_status = 'to_send' AND (a.action_id IS NULL OR a.status IN ('scheduled', 'sending')))
    OR a.action_id IN (SELECT e.action_id FROM action_events e
                       WHERE e.run_id = :run_id AND e.event IN ('sent', 'manual', 'cancelled'))

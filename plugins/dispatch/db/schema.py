@@ -247,6 +247,8 @@ action_events = Table(
     Column("event", String(32), nullable=False),
     Column("detail", Text),
     Column("run_id", String(64)),
+    Column("actor", String(64)),  # the person behind the event; NULL: a run did it on its own
+    Column("template_id", String(96)),  # the template version the event sent or re-queued with
     Index(None, "action_id"),
 )
 
@@ -297,3 +299,61 @@ due_sends = Table(
     Column("deliver_at", UTCDateTime, nullable=False),
     Index(None, "run_id", "batch_no"),
 )
+
+
+# --- analysts' views (migration 0006; docs/data-dictionary.md) ----------------------------
+# The migration keeps its own frozen copy of these bodies; a test checks both agree. The
+# views of 0001 (invoice_status, todo_invoicing, …) are defined in that migration alone.
+
+_UTC_DAY = {
+    "postgresql": "CAST((i.sent_at AT TIME ZONE 'UTC') AS DATE)",
+    "sqlite": "date(i.sent_at)",
+}
+
+VIEWS = {
+    "daily_sends": """
+        SELECT {utc_day} AS day, i.org_id, a.channel, i.sent_how AS how,
+               COUNT(*) AS invoices
+        FROM invoices i
+        LEFT JOIN invoice_actions a ON a.invoice_id = i.invoice_id
+        WHERE i.sending_status = 'sent' AND i.sent_at IS NOT NULL
+        GROUP BY {utc_day}, i.org_id, a.channel, i.sent_how
+    """,
+    "stuck_invoices": """
+        SELECT i.invoice_id, i.org_id, i.customer_id, i.number, i.first_seen_at,
+               a.action_id, a.channel, a.owner_user_id, a.status AS action_status,
+               CASE
+                 WHEN a.action_id IS NULL AND cp.customer_id IS NULL THEN 'no_plan'
+                 WHEN a.action_id IS NULL THEN 'no_template'
+                 WHEN a.status = 'manual' THEN a.manual_reason
+                 ELSE 'dead_run'
+               END AS reason,
+               CASE
+                 WHEN a.action_id IS NULL AND cp.customer_id IS NULL
+                   THEN 'no plan assigned to the customer that owns the invoice'
+                 WHEN a.action_id IS NULL
+                   THEN 'plan ' || cp.plan_id || ' has no invoice-sending template'
+                 WHEN a.status = 'manual'
+                   THEN 'manual (' || a.manual_reason || ')' || COALESCE(': ' || a.detail, '')
+                 ELSE 'sending since ' || COALESCE(CAST(a.claimed_at AS TEXT), '?') || ' by run '
+                      || COALESCE(a.claimed_by_run, '?') || ', which is no longer running'
+               END AS reason_text,
+               COALESCE(a.updated_at, i.first_seen_at) AS since
+        FROM invoices i
+        LEFT JOIN invoice_actions a ON a.invoice_id = i.invoice_id
+        LEFT JOIN customer_plans cp ON cp.customer_id = i.customer_id
+        LEFT JOIN dispatch_runs r ON r.run_id = a.claimed_by_run
+        WHERE i.sending_status = 'to_send'
+          AND (a.action_id IS NULL
+               OR a.status = 'manual'
+               OR (a.status = 'sending' AND (r.run_id IS NULL OR r.status <> 'running')))
+    """,
+}
+
+# stuck_invoices.reason values beside the manual reasons
+STUCK_REASONS = ("no_plan", "no_template", "dead_run", *MANUAL_REASONS)
+
+
+def view_sql(name: str, dialect: str) -> str:
+    """The body of view ``name`` for a database dialect (``sqlite`` or ``postgresql``)."""
+    return VIEWS[name].format(utc_day=_UTC_DAY.get(dialect, _UTC_DAY["postgresql"]))
