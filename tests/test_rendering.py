@@ -152,8 +152,8 @@ def test_unknown_or_missing_language_falls_back_to_english(language: str | None)
 
 
 def test_language_without_own_wording_gets_english_wording_and_english_formats() -> None:
-    # German has no include/templates/de/: an English sentence must not carry "2. Dezember 2026".
-    rendered = render_message(email(), make_context(customer={"language": "de"}), "de")
+    # Spanish has no include/templates/es/: an English sentence must not carry "2 de diciembre".
+    rendered = render_message(email(), make_context(customer={"language": "es"}), "es")
     assert "dated December 2, 2026, for an amount of €1,234.50." in rendered.text
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from sqlalchemy import Connection, select
 
@@ -21,7 +22,15 @@ from dispatch.channels.base import Attachment, OutgoingMessage
 from dispatch.db.schema import customers, invoice_actions, invoice_templates, invoices, organizations, users
 from dispatch.invoice_pdf import PdfRefusal, read_invoice_pdf
 from dispatch.outcomes import Outcome
-from dispatch.rendering import TemplateError, TemplateSpec, build_context, render_message, resolve_locale
+from dispatch.rendering import (
+    FALLBACK_LANGUAGE,
+    TemplateError,
+    TemplateSpec,
+    build_context,
+    render_message,
+    resolve_locale,
+    templates_dirs,
+)
 
 FALLBACK_SENDER = "invoices@localhost"
 
@@ -77,6 +86,33 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
         .order_by(a.c.action_id)
     )
     return pd.read_sql(stmt, conn)
+
+
+_DEFAULT_FILE = {"email": "email.txt.j2", "sms": "sms.txt.j2", "letter": "letter.txt.j2"}
+
+
+def wording_locale(spec: TemplateSpec, language: str | None) -> Locale:
+    """The language the message's words are in, so its date line speaks the same one.
+
+    A default template falls back to English for a language without its own folder (a
+    German customer without ``de/`` gets English words): the date line follows the words,
+    not the customer. A template file under a language folder (``fr/…``) is in that
+    language; an inline body is taken to be in the customer's language.
+    """
+    locale = resolve_locale(language)
+    if spec.body and spec.body.strip():
+        return locale
+    if spec.template_file and spec.template_file.strip():
+        folder, _, rest = spec.template_file.strip().partition("/")
+        try:
+            return Locale.parse(folder) if rest else locale
+        except (ValueError, TypeError, UnknownLocaleError):  # 'email/…', 'layout/…': not a language folder
+            return locale
+    filename = _DEFAULT_FILE.get(spec.channel, "letter.txt.j2")
+    for candidate in dict.fromkeys((str(locale), locale.language, FALLBACK_LANGUAGE)):
+        if any((folder / candidate / filename).is_file() for folder in templates_dirs()):
+            return resolve_locale(candidate)
+    return resolve_locale(FALLBACK_LANGUAGE)
 
 
 def template_fix_hint(error: str, plan_id: str, template_id: str) -> str:
@@ -220,7 +256,7 @@ def prepare_messages(
                     "date_line": format_date(
                         deliver_at[aid].astimezone(ZoneInfo(row.timezone)).date(),
                         format="long",
-                        locale=resolve_locale(_none(row.language)),  # type: ignore[arg-type]
+                        locale=wording_locale(spec, _none(row.language)),  # type: ignore[arg-type]
                     ),
                 },
             )
