@@ -221,7 +221,7 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
         f"  sent {run_c.get('events.sent', 0)}, to do {run_c.get('events.manual', 0)}, "
         f"cancelled {run_c.get('events.cancelled', 0)}, retry later {run_c.get('events.retry_later', 0)}",
     ]
-    reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.")}
+    reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.") and v}
     if reasons:
         lines.append("  to do by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     from dispatch.writeback import OUTCOMES

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, and_, case, exists, func, literal, or_, select, update
 
-from dispatch.db.schema import action_events, invoice_actions, invoices, rejected_invoices
+from dispatch.db.schema import MANUAL_REASONS, action_events, invoice_actions, invoices, rejected_invoices
 from dispatch.db.session import Database
+from dispatch.events import EVENTS
 from dispatch.runs import RunContext, finish_run
 
 A = invoice_actions
@@ -123,7 +124,9 @@ def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
     rejected = conn.execute(
         select(func.count()).select_from(rejected_invoices).where(rejected_invoices.c.run_id == run_id)
     ).scalar()
-    out = {f"events.{k}": int(v) for k, v in events.items()}
+    # every key always present, zeros included (docs/data-dictionary.md)
+    out = {f"events.{k}": 0 for k in EVENTS} | {f"manual.{k}": 0 for k in MANUAL_REASONS}
+    out.update({f"events.{k}": int(v) for k, v in events.items()})
     out.update({f"manual.{k}": int(v) for k, v in manual_reasons.items() if k})
     out["imported"] = int(imported or 0)
     out["rejected"] = int(rejected or 0)
