@@ -11,9 +11,11 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Reproducible: every package pinned by constraints.txt (refresh with `make constraints`).
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+# requirements-dev.txt is the runtime requirements.txt plus the test and tooling packages;
+# the Airflow image installs requirements.txt alone.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
