@@ -19,10 +19,11 @@ from dispatch.actor import resolve_actor
 from dispatch.channels.base import Channel
 from dispatch.claims import claim, new_token
 from dispatch.db.bulk import chunks
-from dispatch.db.schema import action_events, invoice_actions, invoices
+from dispatch.db.migrate import is_current
+from dispatch.db.schema import SENDING_STATUSES, action_events, invoice_actions, invoices, users
 from dispatch.db.session import Database
 from dispatch.dispatcher import send_claimed
-from dispatch.errors import RefusedError, UnknownIdError
+from dispatch.errors import DispatchError, RefusedError, UnknownIdError
 from dispatch.events import record_events
 from dispatch.recovery import refresh_to_current
 from dispatch.runs import RunContext
@@ -75,24 +76,68 @@ def _listing(engine: Engine, sql: str, where: str, params: dict[str, str], order
         return _instants_as_utc(pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params=params))
 
 
+# What `invoices --status` accepts: a status of the view invoice_status, or a sending status.
+INVOICE_FILTERS = tuple(dict.fromkeys(("to_send", "overdue", "not_due", "paid", "void", *SENDING_STATUSES)))
+
+
+class BadFilterError(DispatchError):
+    """A listing filter names a value that does not exist; the message lists the allowed ones."""
+
+
+def _allowed(values: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def require_schema(engine: Engine) -> None:
+    """Listings read an initialised database only: otherwise one line says what to run."""
+    if not is_current(engine):
+        raise DispatchError(
+            f"the dispatch database {engine.url.render_as_string(hide_password=True)} is not "
+            "initialized or not up to date: run `dispatch db init`"
+        )
+
+
+def check_owner(engine: Engine, owner: str) -> None:
+    """``owner`` must be a known user: a typo would otherwise list nothing, silently."""
+    with engine.connect() as conn:
+        known = conn.execute(select(users.c.user_id).order_by(users.c.user_id)).scalars().all()
+    if owner not in known:
+        raise BadFilterError(
+            f"--owner {owner!r}: no such user; known users: {_allowed(known) or '(none loaded)'}"
+        )
+
+
+def check_invoice_status(status: str) -> None:
+    if status not in INVOICE_FILTERS:
+        raise BadFilterError(f"--status {status!r}: not a status; allowed: {', '.join(INVOICE_FILTERS)}")
+
+
 def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
-    """The to-do list (view ``todo_invoicing``), for one owner or everyone."""
+    """The to-do list (view ``todo_invoicing``), for one owner (a known user) or everyone."""
+    require_schema(engine)
+    if owner is not None:
+        check_owner(engine, owner)
     return _listing(
         engine,
         "SELECT * FROM todo_invoicing",
         "owner_user_id = :owner",
-        {"owner": owner} if owner else {},
+        {"owner": owner} if owner is not None else {},
         "owner_user_id, created_at, action_id",
     )
 
 
 def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
-    """Invoices with their ``invoice_status``; ``status`` matches it or the sending status."""
+    """Invoices with their ``invoice_status``; ``status`` matches it or the sending status
+    (one of :data:`INVOICE_FILTERS`)."""
+    if status is not None:
+        check_invoice_status(status)
+    require_schema(engine)
     return _listing(
         engine,
         "SELECT i.*, s.status FROM invoices i JOIN invoice_status s ON s.invoice_id = i.invoice_id",
         "s.status = :status OR i.sending_status = :status",
-        {"status": status} if status else {},
+        {"status": status} if status is not None else {},
         "i.org_id, i.issue_date, i.number",
     )
 

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from dispatch.errors import DispatchError
+
 
 def _psycopg(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use psycopg 3, the driver we ship."""
@@ -22,12 +24,26 @@ def _psycopg(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, readonly: bool = False) -> Engine:
-    """An engine for ``url``; SQLite files get their folder created, WAL and a busy timeout."""
+class MissingDatabaseError(DispatchError):
+    """A database opened read-only (the accounting source, a listing) does not exist."""
+
+
+def make_engine(url: str, *, readonly: bool = False, name: str | None = None) -> Engine:
+    """An engine for ``url``; SQLite files get their folder created, WAL and a busy timeout.
+
+    ``readonly`` (the accounting source, listings): a SQLite file that does not exist is an
+    error naming it (``name``: the setting it came from) — connecting would create an empty
+    file, and a mistyped path would then read as "no invoices".
+    """
     url = _psycopg(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
+        if readonly and db and db != ":memory:" and not db.startswith("file:") and not Path(db).is_file():
+            setting = f"{name} " if name else ""
+            raise MissingDatabaseError(
+                f"{setting}{url}: no SQLite database file at {db} (it is only read, never created)"
+            )
         if db and db != ":memory:" and not readonly:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
