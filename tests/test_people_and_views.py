@@ -99,6 +99,10 @@ def test_todo_send_renders_the_plans_current_template_after_a_fix(w: World) -> N
 
 def test_next_run_sends_a_template_error_action_once_the_template_is_fixed(w: World) -> None:
     _broken_template_world(w)
+    w.customer("c2", plan="p1").load_config()
+    w.invoice("i2", "c2", issued="2026-12-01", updated="2026-12-02T01:00Z")  # two to re-queue
+    w.run("2026-12-02T06:00Z")
+    assert w.action("i2")["manual_reason"] == "template_error"
     w.run(T2)  # nothing changed: it stays in the to-do list
     assert w.action("i1")["manual_reason"] == "template_error"
     assert w.outbox_files() == []
@@ -108,9 +112,10 @@ def test_next_run_sends_a_template_error_action_once_the_template_is_fixed(w: Wo
     assert action["status"] == "sent"
     requeued = [e for e in w.events("i1") if e["event"] == "requeued"]
     assert len(requeued) == 1 and requeued[0]["template_id"] == action["template_id"]
-    assert len(w.outbox_files()) == 1
+    assert w.action("i2")["status"] == "sent"
+    assert len(w.outbox_files()) == 2
     w.run("2026-12-07T05:00Z")  # sent once
-    assert len(w.outbox_files()) == 1 and w.event_names("i1").count("sent") == 1
+    assert len(w.outbox_files()) == 2 and w.event_names("i1").count("sent") == 1
 
 
 def test_a_template_fixed_into_a_manual_one_is_left_to_a_person(w: World) -> None:

@@ -33,16 +33,50 @@ class Fail(click.ClickException):
         click.echo(f"dispatch: {self.format_message()}", err=True)
 
 
+class Unexpected(click.ClickException):
+    """An unexpected failure: one line on stderr, exit 1 (``--debug`` shows the traceback)."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+        click.echo(f"dispatch: {self.format_message()}", err=True)
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
 def handle_errors(fn: Callable) -> Callable:
+    """Whatever goes wrong is one line: exit 2 for what the user can fix (bad input, a
+    database that cannot be reached or lacks a table), exit 1 for anything else; with
+    ``--debug`` the traceback follows."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dispatch.db_errors import explain
+
         try:
             return fn(*args, **kwargs)
         except DispatchError as exc:
+            if _debug():
+                raise
             lines = str(exc).splitlines() or [type(exc).__name__]
             if len(lines) > 1:  # the first line is the one-line reason; the rest follow it
                 click.echo("\n".join(lines[1:]), err=True)
             raise Fail(lines[0]) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if _debug():
+                raise
+            known = explain(exc)
+            if known is not None:
+                raise Fail(known) from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise Unexpected(
+                f"unexpected error: {type(exc).__name__}: {first} (run with --debug for the traceback)"
+            ) from exc
 
     return wrapper
 
@@ -81,29 +115,41 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def emit(df: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
-    """One JSON array of objects, or a readable table."""
+def emit(
+    df: pd.DataFrame,
+    as_json: bool,
+    columns: list[str] | None = None,
+    *,
+    as_csv: bool = False,
+    table_columns: list[str] | None = None,
+) -> None:
+    """One JSON array of objects, CSV, or a table within 120 columns (``table_columns``, in
+    order of importance, are the ones shown while they fit)."""
+    from dispatch import listing
+
     if columns:
         df = df[[c for c in columns if c in df.columns]]
+    if as_json and as_csv:
+        raise Fail("--json and --csv: choose one")
     if as_json:
-        records = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
-        click.echo(json.dumps(records, ensure_ascii=False, indent=None))
-        return
-    if df.empty:
-        click.echo("(none)")
-        return
-    from tabulate import tabulate
+        click.echo(listing.as_json(df))
+    elif as_csv:
+        click.echo(listing.as_csv(df), nl=False)
+    else:
+        click.echo(listing.as_table(df, table_columns))
 
-    # one line per row: multi-line values (postal addresses) are joined with " / "
-    shown = df.map(lambda v: "" if _jsonable(v) is None else str(_jsonable(v)).replace("\n", " / "))
-    click.echo(tabulate(shown.to_dict("list"), headers="keys", tablefmt="simple"))
-    click.echo(f"({len(df)} rows)")
+
+def csv_option(fn: Callable) -> Callable:
+    return click.option("--csv", "as_csv", is_flag=True, help="CSV with every column.")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log progress of each stage to stderr.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="More detail: each stage's figures and the library's log."
+)
+@click.option("--debug", is_flag=True, help="On an error, show the Python traceback.")
 @click.version_option(package_name="invoice-dispatch")
-def main(verbose: bool) -> None:
+def main(verbose: bool, debug: bool) -> None:
     """invoice-dispatch: send invoices by e-mail, letter or SMS, exactly once."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -162,6 +208,26 @@ def config_load(file: Path) -> None:
     click.echo(str(summary))
 
 
+@config.command("dump")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
+@handle_errors
+def config_dump(output: Path | None) -> None:
+    """Print the stored configuration in the format `config load` reads (loading it back
+    changes nothing)."""
+    from dispatch.config_dump import dump_config_yaml
+    from dispatch.db.engine import make_engine
+    from dispatch.operations import require_schema
+
+    engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
+    require_schema(engine)
+    text = dump_config_yaml(engine)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"configuration written to {output}")
+
+
 def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
     """The accounting engine when it can be reached (to check assignments across orgs)."""
     from sqlalchemy import inspect
@@ -189,10 +255,12 @@ def run(at: str | None, as_json: bool) -> None:
     """The whole daily pipeline as of INSTANT: extract, tag, resolve templates, compute due
     sends, dispatch, write back; prints counts."""
     from dispatch.pipeline import run_pipeline
+    from dispatch.run_progress import progress_printer
 
     as_of = parse_instant(at)
-    say = (lambda m: click.echo(m, err=True)) if not as_json else None
-    report = run_pipeline(_settings(), as_of, progress=say)
+    verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+    measure = None if as_json else progress_printer(lambda m: click.echo(m, err=True), verbose=verbose)
+    report = run_pipeline(_settings(), as_of, progress=log.info, measure=measure)
     if as_json:
         click.echo(
             json.dumps(
@@ -237,14 +305,32 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
 @main.command()
 @click.option("--at", "at", metavar="INSTANT", help="As-of instant, ISO 8601 (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@csv_option
 @handle_errors
-def preview(at: str | None, as_json: bool) -> None:
+def preview(at: str | None, as_json: bool, as_csv: bool) -> None:
     """What `run` would do as of INSTANT, and why not — changing nothing."""
     from dispatch.preview import COLUMNS
     from dispatch.preview import preview as do_preview
 
     df = do_preview(_settings(), parse_instant(at))
-    emit(df, as_json, COLUMNS)
+    emit(df, as_json, COLUMNS, as_csv=as_csv)
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="How many.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects (with all counts).")
+@csv_option
+@handle_errors
+def runs(limit: int, as_json: bool, as_csv: bool) -> None:
+    """The recorded runs, newest first: as-of, status, duration and counts."""
+    from dispatch.db.engine import make_engine
+    from dispatch.operations import require_schema
+    from dispatch.run_history import COLUMNS, list_runs
+
+    engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
+    require_schema(engine)
+    df = list_runs(engine, limit)
+    emit(df, as_json, COLUMNS if as_json or as_csv else COLUMNS[:-3], as_csv=as_csv)
 
 
 # --- todo ---------------------------------------------------------------------------------
@@ -267,18 +353,39 @@ TODO_COLUMNS = [
 
 
 @main.group(invoke_without_command=True)
-@click.option("--owner", metavar="USER", help="Only this owner's actions.")
+@click.option("--owner", metavar="USER", help="Only this owner's actions (a known user).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@csv_option
 @click.pass_context
 @handle_errors
-def todo(ctx: click.Context, owner: str | None, as_json: bool) -> None:
+def todo(ctx: click.Context, owner: str | None, as_json: bool, as_csv: bool) -> None:
     """Open manual invoicing actions (the to-do list)."""
     if ctx.invoked_subcommand is not None:
         return
     from dispatch.db.engine import make_engine
     from dispatch.operations import todo_list
 
-    emit(todo_list(make_engine(_settings().dispatch_db_url), owner), as_json, TODO_COLUMNS)
+    engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
+    emit(todo_list(engine, owner), as_json, TODO_COLUMNS, as_csv=as_csv, table_columns=TODO_TABLE)
+
+
+# what the table shows first when 120 columns cannot hold everything (--json/--csv: all)
+TODO_TABLE = [
+    "action_id",
+    "invoice_number",
+    "customer_name",
+    "channel",
+    "owner_user_id",
+    "manual_reason",
+    "detail",
+    "manual_since",
+]
+BY_OPTION = click.option(
+    "--by",
+    "by",
+    metavar="USER",
+    help="Who does it, for the audit log (default: $DISPATCH_ACTOR, else your OS user).",
+)
 
 
 def _db_and_settings():  # type: ignore[no-untyped-def]
@@ -295,8 +402,9 @@ def _db_and_settings():  # type: ignore[no-untyped-def]
 @todo.command("send")
 @click.argument("action_id")
 @click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@BY_OPTION
 @handle_errors
-def todo_send(action_id: str, at: str | None) -> None:
+def todo_send(action_id: str, at: str | None, by: str | None) -> None:
     """Send a manual action now through its channel."""
     from dispatch.channels.factory import build_channels
     from dispatch.db.engine import make_engine
@@ -305,11 +413,12 @@ def todo_send(action_id: str, at: str | None) -> None:
     db, settings = _db_and_settings()
     result = send_action_now(
         db,
-        make_engine(settings.accounting_db_url, readonly=True),
+        make_engine(settings.accounting_db_url, readonly=True, name="ACCOUNTING_DB_URL"),
         action_id,
         parse_instant(at),
         build_channels(settings),
         settings,
+        actor=by,
     )
     if result["status"] == "cancelled":  # the re-check found the invoice void or deleted (B5)
         raise Fail(f"action {action_id} not sent and cancelled: {result['detail']}")
@@ -318,19 +427,23 @@ def todo_send(action_id: str, at: str | None) -> None:
             f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); "
             "it stays in the to-do list"
         )
-    click.echo(f"sent {action_id} to {result['recipient']} ({result['provider_message_id']})")
+    click.echo(
+        f"sent {action_id} to {result['recipient']} ({result['provider_message_id']}), "
+        f"template {result['template_id']}"
+    )
 
 
 @todo.command("ignore")
 @click.argument("action_ids", nargs=-1, required=True)
 @click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@BY_OPTION
 @handle_errors
-def todo_ignore(action_ids: tuple[str, ...], at: str | None) -> None:
+def todo_ignore(action_ids: tuple[str, ...], at: str | None, by: str | None) -> None:
     """Ignore one or many actions (each invoice then counts as sent)."""
     from dispatch.operations import ignore_actions
 
     db, _ = _db_and_settings()
-    result = ignore_actions(db, action_ids, parse_instant(at))
+    result = ignore_actions(db, action_ids, parse_instant(at), actor=by)
     click.echo(f"ignored: {result}")
 
 
@@ -340,19 +453,20 @@ def todo_ignore(action_ids: tuple[str, ...], at: str | None) -> None:
 @main.group(invoke_without_command=True)
 @click.option("--status", "status", metavar="S", help="e.g. to_send, overdue, paid, not_due, void, sent.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@csv_option
 @click.pass_context
 @handle_errors
-def invoices(ctx: click.Context, status: str | None, as_json: bool) -> None:
+def invoices(ctx: click.Context, status: str | None, as_json: bool, as_csv: bool) -> None:
     """List invoices with their status."""
     if ctx.invoked_subcommand is not None:
         return
     from dispatch.db.engine import make_engine
     from dispatch.operations import invoice_list
 
-    df = invoice_list(make_engine(_settings().dispatch_db_url), status)
+    df = invoice_list(make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL"), status)
     cols = (
         None
-        if as_json
+        if as_json or as_csv
         else [
             "invoice_id",
             "org_id",
@@ -367,19 +481,20 @@ def invoices(ctx: click.Context, status: str | None, as_json: bool) -> None:
             "status",
         ]
     )
-    emit(df, as_json, cols)
+    emit(df, as_json, cols, as_csv=as_csv)
 
 
 @invoices.command("mark-sent")
 @click.argument("invoice_ids", nargs=-1, required=True)
 @click.option("--at", "at", metavar="INSTANT", help="When (default: now).")
+@BY_OPTION
 @handle_errors
-def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None) -> None:
+def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None, by: str | None) -> None:
     """Mark invoices as sent without sending anything (one or many)."""
     from dispatch.operations import mark_sent
 
     db, _ = _db_and_settings()
-    result = mark_sent(db, invoice_ids, parse_instant(at))
+    result = mark_sent(db, invoice_ids, parse_instant(at), actor=by)
     click.echo(f"marked sent: {result}")
 
 

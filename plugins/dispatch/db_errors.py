@@ -51,7 +51,13 @@ def _source_query(statement: str | None) -> str | None:
 
 
 def explain(exc: BaseException) -> str | None:
-    """One line for a database error a user can fix, or None when it is not one of those."""
+    """One line for a database error a user can fix, or None when it is not one of those.
+
+    pandas wraps the driver's error in its own ``DatabaseError``: the chain is followed."""
+    seen = 0
+    while exc is not None and not isinstance(exc, DBAPIError) and seen < 10:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
     if not isinstance(exc, DBAPIError):
         return None
     message = str(exc.orig) if exc.orig is not None else str(exc)

@@ -33,7 +33,7 @@ def jsonable(value: Any) -> Any:
         return value.isoformat()
     if hasattr(value, "item"):
         return value.item()
-    if isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float | str | dict | list):
         return value
     return str(value)
 

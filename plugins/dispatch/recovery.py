@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, or_, select
 
 from dispatch.db.bulk import chunks, update_rows
 from dispatch.db.schema import invoice_actions, invoice_templates, invoices, plans
@@ -89,7 +89,7 @@ def refresh_to_current(
                 }
                 for r in stale.itertuples(index=False)
             ],
-            guard=A.c.status.in_(("scheduled", "manual")),
+            guard=or_(A.c.status == "scheduled", A.c.status == "manual"),  # no IN: executemany
         )
         record_events(
             conn,
@@ -159,7 +159,8 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
             A,
             "action_id",
             rows,
-            guard=and_(A.c.status == "manual", A.c.manual_reason.in_(REQUEUED_REASONS)),
+            # equalities, not IN: an executemany cannot expand an IN list
+            guard=and_(A.c.status == "manual", or_(*(A.c.manual_reason == r for r in REQUEUED_REASONS))),
         )
         record_events(
             conn,

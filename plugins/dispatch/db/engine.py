@@ -41,9 +41,12 @@ def make_engine(url: str, *, readonly: bool = False, name: str | None = None) ->
         db = parsed.database
         if readonly and db and db != ":memory:" and not db.startswith("file:") and not Path(db).is_file():
             setting = f"{name} " if name else ""
-            raise MissingDatabaseError(
-                f"{setting}{url}: no SQLite database file at {db} (it is only read, never created)"
+            hint = (
+                "run `dispatch db init` first"
+                if name == "DISPATCH_DB_URL"
+                else "it is only read, never created"
             )
+            raise MissingDatabaseError(f"{setting}{url}: no SQLite database file at {db} ({hint})")
         if db and db != ":memory:" and not readonly:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
