@@ -372,6 +372,7 @@ def todo(ctx: click.Context, owner: str | None, as_json: bool, as_csv: bool) -> 
 # what the table shows first when 120 columns cannot hold everything (--json/--csv: all)
 TODO_TABLE = [
     "action_id",
+    "invoice_id",
     "invoice_number",
     "customer_name",
     "channel",
