@@ -325,7 +325,7 @@ def test_empty_frame_gives_empty_typed_result():
     )
     result = scheduled_instants(frame)
     assert result.empty
-    assert list(result.columns) == ["scheduled_for", "scheduled_local_date"]
+    assert list(result.columns) == ["scheduled_for", "scheduled_local_date", "schedule_error"]
 
 
 # --------------------------------------------------------------------------- horizon
