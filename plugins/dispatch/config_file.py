@@ -638,10 +638,13 @@ def _instant(e: _Entry, name: str) -> dt.datetime | None:
     if raw is None:
         return None
     try:
-        value = dt.datetime.fromisoformat(raw.strip())
-        utc = value.astimezone(dt.UTC) if value.tzinfo is not None else None
-    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-        value = utc = None
+        value: dt.datetime | None = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        value = None
+    try:
+        utc = value.astimezone(dt.UTC) if value is not None and value.tzinfo is not None else None
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        utc = None
     if value is None or value.tzinfo is None:
         e.refuse(
             name,
