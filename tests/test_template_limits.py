@@ -253,3 +253,11 @@ def test_config_load_of_a_hostile_template_stays_under_a_few_hundred_mb(tmp_path
     assert peak_mb < MAX_CONFIG_LOAD_RSS_MB, f"peak RSS {peak_mb} MB"
     if expected_exit == 2:
         assert done.stderr.count("\n") == 1 and "MAX_VALUE_CHARS" in done.stderr, done.stderr
+
+
+def test_every_limit_is_documented_with_its_value() -> None:
+    text = (REPO / "docs" / "templates.md").read_text(encoding="utf-8")
+    for name in (n for n in template_limits.__all__ if n.startswith("MAX_")):
+        value = getattr(template_limits, name)
+        shown = f"{value:,}".replace(",", " ") if isinstance(value, int) else f"{value:g}"
+        assert f"| `{name}` | {shown} " in text, (name, shown)
