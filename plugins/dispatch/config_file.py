@@ -750,7 +750,8 @@ def _check_source(e: _Entry, name: str, source: str, *, html: bool) -> None:
         line = _line(node)
         if exc.lineno and isinstance(node, ScalarNode) and node.style == "|":
             line += exc.lineno  # the block's first line is the one after the '|'
-        e.problems.add(line, e.where(name), f"template does not parse: {_one_line(exc)}")
+        what = "template is over a limit" if exc.over_limit else "template does not parse"
+        e.problems.add(line, e.where(name), f"{what}: {_one_line(exc)}")
 
 
 def _one_line(exc: Exception) -> str:

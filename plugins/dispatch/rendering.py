@@ -65,13 +65,18 @@ class TemplateError(Exception):
     """A template could not be parsed or rendered; the message is short and user-facing.
 
     ``part`` names what failed (``subject``, ``body``, a file name) and ``lineno`` the
-    template line when Jinja knows it, so the owner of the plan can fix it.
+    template line when Jinja knows it, so the owner of the plan can fix it. ``over_limit``
+    tells a template that crossed a limit of :mod:`dispatch.template_limits` from one that
+    is wrong.
     """
 
-    def __init__(self, message: str, *, part: str | None = None, lineno: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, part: str | None = None, lineno: int | None = None, over_limit: bool = False
+    ) -> None:
         super().__init__(message)
         self.part = part
         self.lineno = lineno
+        self.over_limit = over_limit
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,9 @@ def _template_error(exc: BaseException, part: str) -> TemplateError:
     name = getattr(exc, "name", None)
     if isinstance(exc, jinja2.TemplateSyntaxError) and name and name != part:
         where = f"{where} (in {name})"
-    return TemplateError(f"{where}: {_describe(exc)}", part=part, lineno=lineno)
+    return TemplateError(
+        f"{where}: {_describe(exc)}", part=part, lineno=lineno, over_limit=isinstance(exc, TemplateLimitError)
+    )
 
 
 def _render(template: jinja2.Template, context: Mapping[str, Any], locale: Locale, part: str) -> str:
@@ -351,6 +358,7 @@ def _render(template: jinja2.Template, context: Mapping[str, Any], locale: Local
                             f"{part}: the output is over the limit MAX_OUTPUT_CHARS "
                             f"({MAX_OUTPUT_CHARS:,} characters)",
                             part=part,
+                            over_limit=True,
                         )
                     limits.tick()
                     chunks.append(chunk)
@@ -466,9 +474,14 @@ def check_template_source(source: str, *, html: bool = False) -> None:
     except Exception as exc:
         lineno = getattr(exc, "lineno", None)
         where = f"line {lineno}: " if lineno else ""
-        raise TemplateError(f"{where}{_describe(exc)}", part="template", lineno=lineno) from exc
+        raise TemplateError(
+            f"{where}{_describe(exc)}",
+            part="template",
+            lineno=lineno,
+            over_limit=isinstance(exc, TemplateLimitError),
+        ) from exc
     if refused:  # a constant expression over a limit: known now, so refused now
-        raise TemplateError(f"refused when compiled: {refused[0]}", part="template")
+        raise TemplateError(f"refused when compiled: {refused[0]}", part="template", over_limit=True)
 
 
 def check_template_file(name: str) -> None:
@@ -492,10 +505,15 @@ def check_template_file(name: str) -> None:
             lineno = getattr(exc, "lineno", None)
             where = f", line {lineno}" if lineno else ""
             raise TemplateError(
-                f"template file {item!r}{where}: {_describe(exc)}", part=item, lineno=lineno
+                f"template file {item!r}{where}: {_describe(exc)}",
+                part=item,
+                lineno=lineno,
+                over_limit=isinstance(exc, TemplateLimitError),
             ) from exc
         if refused:
-            raise TemplateError(f"template file {item!r}: refused when compiled: {refused[0]}", part=item)
+            raise TemplateError(
+                f"template file {item!r}: refused when compiled: {refused[0]}", part=item, over_limit=True
+            )
 
 
 # --------------------------------------------------------------------------------------
