@@ -167,6 +167,7 @@ BOOL_WORDS: dict[str, bool] = {
 HTTP_URL_SETTINGS = ("sendgrid_api_host", "twilio_api_base", "printapi_url", "twilio_status_callback")
 DB_URL_SETTINGS = ("dispatch_db_url", "accounting_db_url")
 DB_BACKENDS = ("sqlite", "postgresql")
+DB_DRIVERS = ("pysqlite", "psycopg")
 _SHOWN_CHARS = 40
 
 
@@ -200,7 +201,8 @@ def _http_url(name: str, raw: str) -> str:
     except ValueError:
         ok = False
     if not ok or any(c.isspace() or ord(c) < 32 for c in raw.strip()):
-        raise DispatchError(f"{env_name}={_shown(raw)}: expected an http:// or https:// URL with a host")
+        # the value is not repeated: a URL may carry credentials (https://user:key@host)
+        raise DispatchError(f"{env_name}: expected an http:// or https:// URL with a host")
     return raw.strip()
 
 
@@ -214,11 +216,16 @@ def check_db_url(env_name: str, url: str) -> None:
     if "\x00" in url or any(ord(c) < 32 for c in url):
         raise DispatchError(f"{env_name}: {hint} (it contains control characters)")
     try:
-        backend = make_url(url).get_backend_name()
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise DispatchError(f"{env_name}: {hint}") from None
+    backend, _, driver = parsed.drivername.partition("+")
     if backend not in DB_BACKENDS and backend != "postgres":
         raise DispatchError(f"{env_name}: {hint} (backend {backend[:20]!r} is not sqlite or postgresql)")
+    if driver and driver not in DB_DRIVERS:  # only these drivers are installed
+        raise DispatchError(
+            f"{env_name}: {hint} (driver {driver[:20]!r} is not one of {', '.join(DB_DRIVERS)})"
+        )
 
 
 def _convert(name: str, raw: str) -> object:
