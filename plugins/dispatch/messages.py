@@ -20,6 +20,7 @@ from dispatch.db.schema import customers, invoice_actions, invoice_templates, in
 from dispatch.outcomes import Outcome
 from dispatch.paths import resolve
 from dispatch.rendering import TemplateError, TemplateSpec, build_context, render_message, resolve_locale
+from dispatch.source import one_per_invoice
 
 FALLBACK_SENDER = "invoices@localhost"
 
@@ -91,6 +92,7 @@ def prepare_messages(
     """Messages for the actions that can go, outcomes for those that cannot."""
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
+    recheck = one_per_invoice(recheck)  # a repeated invoice would make .get() return a Series
     now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
     now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
     rec = recipients.set_index("action_id")

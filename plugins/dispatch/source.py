@@ -61,4 +61,33 @@ def read_contacts(engine: Engine, customer_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def recheck_invoices(engine: Engine, invoice_ids: Sequence[str]) -> pd.DataFrame:
-    return _read_in(engine, "recheck_invoices.sql", "invoice_ids", list(invoice_ids))
+    """The invoices as the accounting system has them now, one row per invoice.
+
+    An adapted query may repeat an invoice (joined to its lines or payments): a copy saying
+    ``void`` wins (never send what any copy calls void, B5), then a copy with a PDF path."""
+    rows = _read_in(engine, "recheck_invoices.sql", "invoice_ids", list(invoice_ids))
+    return one_per_invoice(rows)
+
+
+def one_per_invoice(recheck: pd.DataFrame) -> pd.DataFrame:
+    """Collapse repeated re-check rows of an invoice: void first, then one with a PDF path."""
+    if recheck.empty or not recheck["invoice_id"].duplicated().any():
+        return recheck
+    order = recheck.assign(
+        _live=recheck["status"].astype("string") != "void", _no_pdf=recheck["pdf_path"].isna()
+    ).sort_values(["invoice_id", "_live", "_no_pdf"], kind="stable")
+    return order.drop_duplicates("invoice_id").drop(columns=["_live", "_no_pdf"]).reset_index(drop=True)
+
+
+#: Upper bound of the instants a window can reach; text beyond it (SQLite) is no instant.
+CEILING = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+
+
+def read_unplaceable_invoices(engine: Engine, floor: dt.datetime) -> pd.DataFrame:
+    """Rows whose ``updated_at`` is missing, before ``floor`` or not an instant: no extract
+    window will ever hold them, so the extract reports them instead."""
+    stmt = text(sql_text("extract_unplaceable_invoices.sql"))
+    with engine.connect() as conn:
+        return pd.read_sql(
+            stmt, conn, params={"floor": _instant(engine, floor), "ceiling": _instant(engine, CEILING)}
+        )
