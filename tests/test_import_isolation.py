@@ -216,7 +216,7 @@ def test_invoices_repeated_by_adapted_extract_and_recheck_queries_are_sent_once(
             f"\nUNION ALL SELECT {columns.replace('number', 'number || {sep}-B{sep}'.format(sep=chr(39)))}"
             " FROM invoices WHERE invoice_id = 'i_torn'"
             f"\nUNION ALL SELECT NULL, {columns.split(', ', 1)[1]} FROM invoices WHERE invoice_id = 'i_ok'"
-            ") AS adapted ORDER BY updated_at"
+            ") AS adapted ORDER BY invoice_id"
         ),
     )
     adapt_query(

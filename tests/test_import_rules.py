@@ -80,7 +80,6 @@ CUSTOMERS = pd.DataFrame(
     ],
     columns=COLUMNS,
 )
-NO_HISTORY = pd.DataFrame({"invoice_id": [], "org_id": [], "number": []}, dtype=object)
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,7 +87,7 @@ NO_HISTORY = pd.DataFrame({"invoice_id": [], "org_id": [], "number": []}, dtype=
 def test_every_row_is_refused_with_a_named_reason_or_is_bounded(rows: list[dict]) -> None:
     raw = pd.DataFrame(rows)
     customers = rules.check_customers(CUSTOMERS)
-    valid, rejected = validate_invoices(raw, customers, {"acme", "beta"}, NO_HISTORY, AS_OF)
+    valid, rejected = validate_invoices(raw, customers, {"acme", "beta"}, AS_OF)
 
     assert set(rejected["reason"]) <= REASONS
     assert len(valid) + len(rejected) <= len(raw)  # exact copies are one row
