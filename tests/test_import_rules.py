@@ -102,6 +102,31 @@ def test_every_row_is_refused_with_a_named_reason_or_is_bounded(rows: list[dict]
     assert valid["invoice_id"].is_unique
 
 
+CLEAN = {
+    "invoice_id": "i_clean",
+    "org_id": "acme",
+    "customer_id": "c1",
+    "number": "N-clean",
+    "issue_date": "2026-12-01",
+    "due_date": "2026-12-31",
+    "currency": "EUR",
+    "total_amount": "12.50",
+    "status": "open",
+    "pdf_path": None,
+    "updated_at": "2026-12-02 04:30:00",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(invoice_rows, max_size=8), st.integers(min_value=0, max_value=8))
+def test_hostile_rows_next_to_a_clean_one_never_reject_it(rows: list[dict], at: int) -> None:
+    rows.insert(min(at, len(rows)), CLEAN)
+    raw = pd.DataFrame(rows)
+    valid, rejected = validate_invoices(raw, rules.check_customers(CUSTOMERS), {"acme", "beta"}, AS_OF)
+    assert "i_clean" in set(valid["invoice_id"]), rejected[["invoice_id", "reason"]]
+    assert valid.set_index("invoice_id").loc["i_clean", "total_p"] == 12.5
+
+
 def test_the_date_window_ends_five_years_after_the_as_of_day_even_from_a_leap_day() -> None:
     assert rules.date_window(AS_OF) == (dt.date(1970, 1, 1), dt.date(2031, 12, 2))
     leap = dt.datetime(2028, 2, 29, 23, tzinfo=dt.UTC)
@@ -113,3 +138,28 @@ def test_customer_rows_exact_copies_are_one_and_disagreeing_copies_are_refused()
     assert sorted(checked.usable["customer_id"]) == ["c1", "c_beta"]
     assert checked.refused.to_dict() == {"c_no_org": "invalid_customer", "c_torn": "duplicate_customer"}
     assert checked.usable.set_index("customer_id")["language"].to_dict() == {"c1": "en", "c_beta": "en"}
+
+
+def test_ids_an_adapted_query_returns_as_numbers_match_customers_as_text() -> None:
+    raw = pd.DataFrame(
+        [
+            {
+                "invoice_id": 17,
+                "org_id": "acme",
+                "customer_id": 1,
+                "number": "N-17",
+                "issue_date": "2026-12-01",
+                "due_date": None,
+                "currency": "EUR",
+                "total_amount": 10,
+                "status": "open",
+                "pdf_path": None,
+                "updated_at": "2026-12-02 04:30:00",
+            }
+        ]
+    )
+    customers = rules.check_customers(
+        pd.DataFrame([(1, "acme", "One", None, None)], columns=rules.CUSTOMER_COLUMNS)
+    )
+    valid, rejected = validate_invoices(raw, customers, {"acme"}, AS_OF)
+    assert rejected.empty and len(valid) == 1

@@ -191,16 +191,19 @@ class CustomerBook:
         self.accounting = accounting
         self.org_of: dict[str, str] = {}
         self.refused: dict[str, str] = {}
+        self.unknown: set[str] = set()  # referenced, not in the source: asked once
 
     def for_chunk(self, conn: Connection, customer_ids: pd.Series) -> tuple[rules.Customers, int]:
         ids = pd.Series(customer_ids.dropna().astype(str).unique())
-        new = ids[~ids.isin(self.org_of.keys()) & ~ids.isin(self.refused.keys())]
+        seen = ids.isin(self.org_of.keys()) | ids.isin(self.refused.keys()) | ids.isin(self.unknown)
+        new = ids[~seen]
         changed = 0
         if not new.empty:
             checked = rules.check_customers(source.read_customers(self.accounting, new.tolist()))
             changed = _sync_customers(conn, checked.usable)
             self.org_of.update(zip(checked.usable["customer_id"], checked.usable["org_id"], strict=True))
             self.refused.update(checked.refused.to_dict())
+            self.unknown.update(set(new) - self.org_of.keys() - self.refused.keys())
         mine = ids[ids.isin(self.org_of.keys())]
         usable = pd.DataFrame({"customer_id": mine, "org_id": mine.map(self.org_of)})
         refused = pd.Series(self.refused, dtype=object)
@@ -283,7 +286,7 @@ def _import_chunk(
     _quarantine(conn, rejected, ctx, summary)
     if valid.empty:
         return
-    is_new = ~valid["invoice_id"].isin(known)
+    is_new = ~valid["invoice_id"].astype(str).isin(known)
     out = pd.DataFrame(
         {
             "invoice_id": valid["invoice_id"].astype(str),

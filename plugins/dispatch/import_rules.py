@@ -126,8 +126,9 @@ def invoice_rules(
     (``issue_date_p``, ``due_date_p``, ``total_p``, ``updated_at_p``) next to the raw ones."""
     window = date_window(as_of)
     currency = df["currency"].astype("string").str.strip()
-    customer_org = df["customer_id"].map(customers.usable.set_index("customer_id")["org_id"])
-    refused_customer = df["customer_id"].map(customers.refused)
+    customer = df["customer_id"].astype("string")  # ids compare as text, whatever the driver gave
+    customer_org = customer.map(customers.usable.set_index("customer_id")["org_id"])
+    refused_customer = customer.map(customers.refused)
     ids = df["invoice_id"]
     return [
         ("missing_invoice_id", blank(ids)),
@@ -142,10 +143,10 @@ def invoice_rules(
         ("due_date_out_of_range", out_of_window(df["due_date"], df["due_date_p"], window)),
         ("invalid_due_date", df["due_date"].notna() & df["due_date_p"].isna()),
         ("missing_customer_id", blank(df["customer_id"])),
-        ("duplicate_customer", refused_customer == "duplicate_customer"),
-        ("invalid_customer", refused_customer == "invalid_customer"),
+        ("duplicate_customer", (refused_customer == "duplicate_customer").fillna(False)),
+        ("invalid_customer", (refused_customer == "invalid_customer").fillna(False)),
         ("unknown_customer", customer_org.isna()),
-        ("customer_org_mismatch", customer_org.notna() & (customer_org != df["org_id"])),
+        ("customer_org_mismatch", (customer_org.notna() & (customer_org != df["org_id"])).fillna(False)),
         (
             "bad_currency",
             ~currency.str.upper().isin(ISO_CURRENCIES).fillna(False) | (currency.str.len() != 3),
