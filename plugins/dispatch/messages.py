@@ -22,6 +22,7 @@ from dispatch.db.schema import customers, invoice_actions, invoice_templates, in
 from dispatch.invoice_pdf import PdfRefusal, read_invoice_pdf
 from dispatch.outcomes import Outcome
 from dispatch.rendering import TemplateError, TemplateSpec, build_context, render_message, resolve_locale
+from dispatch.source import one_per_invoice
 
 FALLBACK_SENDER = "invoices@localhost"
 
@@ -100,6 +101,7 @@ def prepare_messages(
     """
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
+    recheck = one_per_invoice(recheck)  # a repeated invoice would make .get() return a Series
     now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
     now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
     rec = recipients.set_index("action_id")
