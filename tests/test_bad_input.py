@@ -218,3 +218,205 @@ def test_garbage_at_is_exit_2_with_one_line_on_stderr_and_changes_nothing(w: Wor
         assert result.stdout == "", args
     assert w.dump() == before
     assert w.outbox_files() == []
+
+
+# --- issue 7: hostile configuration values, instants and environment ---------------------------
+
+OUT_OF_RANGE_AT = [
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01T00:00:00+14:00",  # before year 1 once in UTC
+    "9999-12-31T23:59:59-14:00",  # after year 9999 once in UTC
+    "1969-12-31T23:59:59Z",
+    "2200-01-01T00:00:00Z",
+]
+
+
+def _refused_in_one_line(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE_AT)
+def test_an_instant_outside_the_schedulers_range_is_exit_2_in_one_line(w: World, value: str) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    w.invoice("i1", "c1")
+    w.run("2026-12-01T05:00Z")
+    before = w.dump()
+    for args in (
+        ("run", "--at", value),
+        ("preview", "--at", value),
+        ("todo", "ignore", "act_x", "--at", value),
+        ("invoices", "mark-sent", "i1", "--at", value),
+        ("bounces", "pull", "--at", value),
+    ):
+        result = w.cli(*args)
+        _refused_in_one_line(result, "--at", "1970-01-01", "2200-01-01")
+        assert result.stdout == "", args
+    assert w.dump() == before
+
+
+def test_the_edges_of_the_range_are_accepted(w: World) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    for value in ("1970-01-01T00:00:00Z", "2199-12-31T23:59:59Z"):
+        result = w.cli("preview", "--at", value, "--json")
+        assert result.exit_code == 0, (value, result.output)
+
+
+HOSTILE_CONFIG_VALUES = {
+    # field as written in the YAML → words the refusal must contain
+    "delay_days: 1000000000000000000000000000000": ("delay_days", "from 0 to 3650"),
+    "delay_days: 3651": ("delay_days", "from 0 to 3650"),
+    "delay_days: -1": ("delay_days", "from 0 to 3650"),
+    "delay_days: " + "9" * 5000: ("delay_days", "from 0 to 3650"),
+}
+
+HOSTILE_ENABLED_AT = [
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "1969-12-31T23:00:00+00:00",
+    "2200-01-01T00:00:00+00:00",
+]
+
+
+def _config_with(w: World, **plan: object) -> Path:
+    w.org().plan("p_ok").plan("p_bad", **plan).customer("c1", plan="p_ok").customer("c2", plan="p_bad")  # type: ignore[arg-type]
+    return w.config_file()
+
+
+def _load_refused(w: World, path: Path, *words: str) -> None:
+    before = w.dump()
+    result = w.cli("config", "load", str(path))
+    _refused_in_one_line(result, *words)
+    assert result.stdout == ""
+    assert w.dump() == before
+
+
+@pytest.mark.parametrize("line", list(HOSTILE_CONFIG_VALUES))
+def test_a_delay_outside_0_to_3650_days_is_refused_at_load_in_one_line(w: World, line: str) -> None:
+    path = _config_with(w, delay=7)
+    text = path.read_text(encoding="utf-8")
+    assert text.count("delay_days: 7") == 1
+    path.write_text(text.replace("delay_days: 7", line), encoding="utf-8")
+    _load_refused(w, path, *HOSTILE_CONFIG_VALUES[line])
+
+
+@pytest.mark.parametrize("value", HOSTILE_ENABLED_AT)
+def test_an_enabled_at_outside_the_range_is_refused_at_load_in_one_line(w: World, value: str) -> None:
+    w.org(enabled_at=value).plan("p").customer("c1", plan="p")
+    _load_refused(w, w.config_file(), "invoice_sending_enabled_at", "1970-01-01")
+
+
+def test_deeply_nested_yaml_is_refused_in_one_line(w: World) -> None:
+    path = w.root / "nested.yaml"
+    path.write_text("organizations: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    _load_refused(w, path, "nested more than")
+
+
+def test_a_template_whose_constant_is_over_a_limit_is_refused_at_load(w: World) -> None:
+    path = _config_with(w, body="{{ 'x'|center(1500000000) }}")
+    _load_refused(w, path, "p_bad", "MAX_VALUE_CHARS")
+
+
+BAD_ENVIRONMENT = {
+    "DISPATCH_CLAIM_LEASE_SECONDS": ["abc", "-5", "0", "0.5", "inf", "nan", "1e309"],
+    "DISPATCH_BATCH_SIZE": ["abc", "0", "-1", "1e3", "1000001"],
+    "DISPATCH_MAX_ATTEMPTS": ["x", "0", "101"],
+    "DISPATCH_SEND_CONCURRENCY": ["0", "100000"],
+    "DISPATCH_HTTP_TIMEOUT": ["0", "-1", "inf", "nan", "soon"],
+    "SMTP_PORT": ["0", "65536", "smtp"],
+    "SMTP_TIMEOUT": ["0", "inf"],
+    "SMTP_CONNECTIONS": ["0"],
+    "SMTP_STARTTLS": ["maybe"],
+    "TWILIO_MAX_SEGMENTS": ["0", "many"],
+    "DISPATCH_EMAIL_BACKEND": ["mailgun"],
+    "DISPATCH_SMS_BACKEND": ["pigeon"],
+    "DISPATCH_LETTER_BACKEND": ["fax"],
+    "SENDGRID_API_HOST": ["api.sendgrid.com", "ftp://api.sendgrid.com", "http://"],
+    "TWILIO_API_BASE": ["not a url"],
+    "PRINTAPI_URL": ["javascript:alert(1)"],
+}
+
+
+def test_every_bad_environment_value_is_exit_2_naming_the_variable(w: World) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    w.invoice("i1", "c1")
+    before = w.dump()
+    for name, values in BAD_ENVIRONMENT.items():
+        for value in values:
+            result = w.cli("run", "--at", "2026-12-02T05:00Z", **{name: value})
+            _refused_in_one_line(result, name)
+    assert w.dump() == before
+    assert w.outbox_files() == []
+
+
+@pytest.mark.parametrize("name", ["ACCOUNTING_DB_URL", "DISPATCH_DB_URL"])
+def test_a_garbage_database_url_is_exit_2_and_never_echoed(w: World, name: str) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    w.invoice("i1", "c1")
+    before = w.dump()
+    for url in ("garbage", "::::", "mysql://root:s3cr3t@db/x", "postgresql+psycopg://u:s3cr3t@h:port/x"):
+        for args in (("run", "--at", "2026-12-02T05:00Z"), ("invoices", "--json")):
+            result = w.cli(*args, **{name: url})
+            _refused_in_one_line(result, name)
+            assert "s3cr3t" not in result.output and "s3cr3t" not in result.stderr
+    assert w.dump() == before
+
+
+def test_a_lease_of_one_second_or_more_is_accepted(w: World) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    w.invoice("i1", "c1")
+    result = w.cli("run", "--at", "2026-12-02T05:00Z", DISPATCH_CLAIM_LEASE_SECONDS="1")
+    assert result.exit_code == 0, result.output
+    assert w.action("i1")["status"] == "sent"
+
+
+# --- issue 7: templates bounded at send time ----------------------------------------------------
+
+RUNTIME_BOMBS = {
+    "c_loop": ("{% for a in range(15000) %}{{ 'a'*100000 }}{% endfor %}", "MAX_OUTPUT_CHARS"),
+    "c_join": ("{{ range(100000)|join('x'*100000) }}", "MAX_VALUE_CHARS"),
+    "c_replace": ("{{ ('a'*100000)|replace('a', 'b'*100000) }}", "MAX_VALUE_CHARS"),
+    "c_nested": (
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x",
+        "MAX_LOOP_ITERATIONS",
+    ),
+    "c_doubling": (
+        "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}x",
+        "MAX_VALUE_CHARS",
+    ),
+}
+
+
+def test_templates_over_a_limit_at_send_time_are_template_errors_naming_it_and_the_rest_go(w: World) -> None:
+    w.org().plan("p_good")
+    for customer, (body, _limit) in RUNTIME_BOMBS.items():
+        w.plan(f"p_{customer}", body=body).customer(customer, plan=f"p_{customer}")
+    w.customer("c_good", plan="p_good").load_config()  # they compile: only running them is refused
+    for customer in RUNTIME_BOMBS:
+        w.invoice(f"i_{customer}", customer)
+    w.invoice("i_good", "c_good")
+
+    w.run("2026-12-02T05:00Z")
+    for customer, (_body, limit) in RUNTIME_BOMBS.items():
+        action = w.action(f"i_{customer}")
+        assert (action["status"], action["manual_reason"]) == ("manual", "template_error"), customer
+        assert limit in action["detail"], (customer, action["detail"])
+    assert w.action("i_good")["status"] == "sent"
+    assert w.outbox_files() == [f"email/{action_id_for('i_good')}.eml"]
+
+
+@pytest.mark.parametrize("issued", ["2926-12-01", "9999-12-31"])
+def test_a_far_future_issue_date_is_never_wrapped_around_and_sent(w: World, issued: str) -> None:
+    w.org().plan("p").customer("c1", plan="p").load_config()
+    w.invoice("i_far", "c1", issued=issued, due=issued, updated="2026-12-02T04:00Z").invoice("i_ok", "c1")
+    for at in ("2026-12-02T05:00Z", "2026-12-03T05:00Z"):
+        w.run(at)
+    far = w.action("i_far")
+    # rejected at import, or kept without a scheduled instant: never due, never sent
+    assert far is None or (far["status"], far["scheduled_for"]) == ("scheduled", None)
+    assert w.action("i_ok")["status"] == "sent"
+    assert w.outbox_files() == [f"email/{action_id_for('i_ok')}.eml"]

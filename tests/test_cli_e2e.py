@@ -79,7 +79,7 @@ def accounting_and_config(w: World) -> Path:
     w.customer("c_manual", plan="p_manual").customer("c_no_mail", plan="p_mail", email=None)
     w.customer("c_later", plan="p_mail3").customer("c_parent", plan="p_mail")
     w.customer("c_child", parent="c_parent")  # no plan of its own
-    w.invoice("i_mail", "c_mail", number="F-001", due="2099-01-01", pdf=True).invoice("i_sms", "c_sms")
+    w.invoice("i_mail", "c_mail", number="F-001", due="2031-01-01", pdf=True).invoice("i_sms", "c_sms")
     w.invoice("i_letter", "c_letter", pdf=True)
     w.invoice("i_manual1", "c_manual").invoice("i_manual2", "c_manual")
     w.invoice("i_no_mail", "c_no_mail").invoice("i_later", "c_later").invoice("i_child", "c_child")

@@ -700,7 +700,7 @@ REFUSED = [
         "delay_days: -1",
         "plans[0] (plan_std).invoice_sending.delay_days",
         "delay_days: -1",
-        "0 or more",
+        "an integer from 0 to 3650",
     ),
     (
         "fractional_delay",

@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from dispatch.scheduling import (
+    MAX_DELAY_DAYS,
+    OUT_OF_RANGE,
+    SUPPORTED_FROM,
+    SUPPORTED_UNTIL,
     ChannelScheduling,
     business_day_calendar,
     classify_due,
@@ -325,7 +329,7 @@ def test_empty_frame_gives_empty_typed_result():
     )
     result = scheduled_instants(frame)
     assert result.empty
-    assert list(result.columns) == ["scheduled_for", "scheduled_local_date"]
+    assert list(result.columns) == ["scheduled_for", "scheduled_local_date", "schedule_error"]
 
 
 # --------------------------------------------------------------------------- horizon
@@ -574,3 +578,128 @@ def test_property_due_actions_are_delivered_at_or_after_hand_over(as_of, rows, c
     assert (result.loc[due, "deliver_at"] < pd.Timestamp(horizon)).all()
     overdue = actions["automatic"] & (scheduled_for <= pd.Timestamp(as_of))
     assert due[overdue].all()
+
+
+# --------------------------------------------------------------------------- the supported window
+
+
+def _one_per_row(issues: list, delays: list, first_seen: list | None = None) -> pd.DataFrame:
+    n = len(issues)
+    return pd.DataFrame(
+        {
+            "issue_date": issues,
+            "first_seen_at": first_seen or [ts("2026-12-02T05:00Z")] * n,
+            "delay_days": delays,
+            "timezone": [PARIS] * n,
+            "send_time": ["08:30"] * n,
+            "holidays": ["FR"] * n,
+        }
+    )
+
+
+def test_rows_that_would_leave_the_window_get_an_error_never_a_wrapped_date():
+    frame = _one_per_row(
+        [
+            dt.date(2926, 12, 1),  # a year typo: was scheduled for 1757-10-23
+            dt.date(9999, 12, 31),  # was 1816-03-29
+            dt.date(2026, 12, 1),  # + 100000 days: was 1716-02-27, sent by the first run
+            dt.date(2026, 12, 1),  # + 10**30 days: was an OverflowError
+            dt.date(1969, 12, 31),
+            dt.date(2199, 12, 1),  # + 60 days leaves the window
+            dt.date(2026, 12, 1),  # fine
+            dt.date(2026, 12, 1),  # imported in 2300: outside too
+        ],
+        [0, 0, 100_000, 10**30, 0, 60, 1, 0],
+        [ts("2026-12-02T05:00Z")] * 7 + [pd.Timestamp("2300-01-01", tz="UTC")],
+    )
+    result = scheduled_instants(frame)
+    bad = [0, 1, 2, 3, 4, 5, 7]
+    assert result["scheduled_for"].iloc[bad].isna().all()
+    assert result["scheduled_local_date"].iloc[bad].isna().all()
+    assert list(result["schedule_error"].iloc[bad]) == [OUT_OF_RANGE] * len(bad)
+    assert result["scheduled_for"].iloc[6] == ts("2026-12-02T07:30Z")
+    assert result["schedule_error"].iloc[6] is None
+    assert "1970-01-01" in OUT_OF_RANGE and "2200-01-01" in OUT_OF_RANGE
+
+
+def test_the_last_days_of_the_window_still_schedule():
+    frame = _one_per_row(
+        [dt.date(1970, 1, 1), dt.date(2189, 1, 1)],
+        [0, MAX_DELAY_DAYS],
+        [
+            pd.Timestamp("1970-01-01T12:00", tz="UTC"),
+            ts("2026-12-02T05:00Z"),
+        ],
+    )
+    result = scheduled_instants(frame)
+    assert result["schedule_error"].isna().all()
+    assert result["scheduled_for"].iloc[0] == pd.Timestamp("1970-01-01T12:00", tz="UTC")
+    assert result["scheduled_for"].iloc[1].year in (2198, 2199)
+
+
+ACCEPTED_ISSUE = st.dates(dt.date(1970, 1, 2), dt.date(2189, 12, 31))  # + 3650 days stays inside
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            ACCEPTED_ISSUE,
+            st.integers(min_value=0, max_value=MAX_DELAY_DAYS),
+            st.integers(min_value=-48, max_value=24 * 400),  # hours from the issue date's midnight UTC
+            st.sampled_from(ZONES),
+            st.tuples(st.integers(0, 23), st.integers(0, 59)),
+            st.sampled_from([None, "FR", "US"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_property_any_accepted_date_and_delay_schedules_after_the_issue_date_and_never_wraps(rows):
+    first_seen = [
+        min(
+            max(pd.Timestamp(r[0], tz="UTC") + pd.Timedelta(hours=r[2]), pd.Timestamp(SUPPORTED_FROM)),
+            pd.Timestamp("2199-12-31T23:00", tz="UTC"),
+        )
+        for r in rows
+    ]
+    frame = pd.DataFrame(
+        {
+            "issue_date": [r[0] for r in rows],
+            "first_seen_at": first_seen,
+            "delay_days": [r[1] for r in rows],
+            "timezone": [r[3] for r in rows],
+            "send_time": [f"{r[4][0]:02d}:{r[4][1]:02d}" for r in rows],
+            "holidays": [r[5] for r in rows],
+        }
+    )
+    result = scheduled_instants(frame)
+    assert result["schedule_error"].isna().all()
+    for (issue, delay, _, zone, _, _), seen, (_, out) in zip(
+        rows, first_seen, result.iterrows(), strict=True
+    ):
+        scheduled = out["scheduled_for"]
+        issue_start = pd.Timestamp(issue).tz_localize(zone, nonexistent="shift_forward", ambiguous=True)
+        import_day = seen.tz_convert(zone).date()
+        assert pd.Timestamp(SUPPORTED_FROM) <= scheduled < pd.Timestamp(SUPPORTED_UNTIL)
+        assert scheduled >= issue_start
+        if delay == 0 and issue <= import_day:  # imported late: the import instant itself
+            assert scheduled == seen
+        else:
+            assert out["scheduled_local_date"].date() >= issue + dt.timedelta(days=delay)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dates(dt.date(1900, 1, 1), dt.date(9999, 12, 31)),
+    st.integers(min_value=0, max_value=10**30),
+)
+def test_property_any_date_and_delay_is_either_scheduled_after_the_issue_date_or_an_error(issue, delay):
+    result = scheduled_instants(_one_per_row([issue], [delay])).iloc[0]
+    if result["schedule_error"] is None:
+        assert result["scheduled_for"] >= pd.Timestamp(issue).tz_localize(PARIS)
+        assert result["scheduled_local_date"].date() >= issue
+    else:
+        assert pd.isna(result["scheduled_for"]) and pd.isna(result["scheduled_local_date"])
+        last_day = dt.date(2199, 12, 31).toordinal()
+        assert issue < dt.date(1970, 1, 1) or issue.toordinal() + delay > last_day

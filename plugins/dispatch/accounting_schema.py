@@ -8,7 +8,8 @@ accounting systems hold: invoices of unknown customers, rows without an issue da
 that are not ISO codes (SPEC B6). Rejecting those is the extract's job, not the schema's.
 
 ``updated_at`` is a naive ``TIMESTAMP`` holding UTC, as many accounting systems store it; the
-extract query compares it with naive UTC bounds.
+extract query compares it with naive UTC bounds. It is nullable here, like the business
+columns, because a source may hold rows no extract window can place; the extract reports them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ customers = Table(
     "customers",
     accounting_metadata,
     Column("customer_id", Text, primary_key=True),
-    Column("org_id", Text, nullable=False),
-    Column("name", Text, nullable=False),
+    Column("org_id", Text),  # NULL is malformed: its invoices are rejected (invalid_customer)
+    Column("name", Text),
     Column("parent_customer_id", Text),
     Column("language", Text),  # 'fr', 'en', …; NULL means 'en'
 )
@@ -70,7 +71,8 @@ invoices = Table(
     Column("total_amount", Numeric(14, 2)),
     Column("status", Text),  # 'open' | 'paid' | 'void' (anything else is malformed)
     Column("pdf_path", Text),
-    Column("updated_at", DateTime(timezone=False), nullable=False),  # naive UTC
+    # naive UTC; NULL is malformed (no extract window holds it): reported missing_updated_at
+    Column("updated_at", DateTime(timezone=False)),
     Index(None, "updated_at"),
     Index(None, "customer_id"),
 )

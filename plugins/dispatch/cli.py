@@ -81,15 +81,47 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def parse_instant(value: str | None) -> dt.datetime:
-    """ISO 8601; a value without offset is UTC; a bare date means 00:00 UTC that day."""
+def _quoted(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:39] + "…")
+
+
+def parse_instant(value: str | None, option: str = "--at") -> dt.datetime:
+    """ISO 8601; a value without offset is UTC; a bare date means 00:00 UTC that day.
+
+    The instant must lie in the range the scheduler computes with (1970-01-01 to
+    2200-01-01 UTC, :data:`dispatch.scheduling.SUPPORTED_FROM` / ``SUPPORTED_UNTIL``):
+    outside it, date arithmetic would overflow instead of answering.
+    """
+    from dispatch.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
+
     if value is None:
         return dt.datetime.now(dt.UTC)
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Fail(f"--at {value!r}: not an ISO 8601 instant (e.g. 2026-12-02T05:00:00Z)") from None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        raise Fail(
+            f"{option} {_quoted(value)}: not an ISO 8601 instant (e.g. 2026-12-02T05:00:00Z)"
+        ) from None
+    try:
+        instant = parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        instant = None
+    if instant is None or not in_supported_range(instant):
+        raise Fail(f"{option} {_quoted(value)}: outside {SUPPORTED_RANGE_TEXT}")
+    return instant
+
+
+def parse_day(value: str, option: str) -> dt.date:
+    """An ISO date (``2026-12-02``) inside the scheduler's range, or a one-line exit 2."""
+    from dispatch.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
+
+    try:
+        day = dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise Fail(f"{option} {_quoted(value)}: not an ISO date (e.g. 2026-12-02)") from None
+    if not in_supported_range(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)):
+        raise Fail(f"{option} {_quoted(value)}: outside {SUPPORTED_RANGE_TEXT}")
+    return day
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -312,7 +344,8 @@ def preview(at: str | None, as_json: bool, as_csv: bool) -> None:
     from dispatch.preview import COLUMNS
     from dispatch.preview import preview as do_preview
 
-    df = do_preview(_settings(), parse_instant(at))
+    as_of = parse_instant(at)
+    df = do_preview(_settings(), as_of)
     emit(df, as_json, COLUMNS, as_csv=as_csv)
 
 
@@ -411,12 +444,13 @@ def todo_send(action_id: str, at: str | None, by: str | None) -> None:
     from dispatch.db.engine import make_engine
     from dispatch.operations import send_action_now
 
+    when = parse_instant(at)
     db, settings = _db_and_settings()
     result = send_action_now(
         db,
         make_engine(settings.accounting_db_url, readonly=True, name="ACCOUNTING_DB_URL"),
         action_id,
-        parse_instant(at),
+        when,
         build_channels(settings),
         settings,
         actor=by,
@@ -443,8 +477,9 @@ def todo_ignore(action_ids: tuple[str, ...], at: str | None, by: str | None) -> 
     """Ignore one or many actions (each invoice then counts as sent)."""
     from dispatch.operations import ignore_actions
 
+    when = parse_instant(at)
     db, _ = _db_and_settings()
-    result = ignore_actions(db, action_ids, parse_instant(at), actor=by)
+    result = ignore_actions(db, action_ids, when, actor=by)
     click.echo(f"ignored: {result}")
 
 
@@ -494,8 +529,9 @@ def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None, by: str | N
     """Mark invoices as sent without sending anything (one or many)."""
     from dispatch.operations import mark_sent
 
+    when = parse_instant(at)
     db, _ = _db_and_settings()
-    result = mark_sent(db, invoice_ids, parse_instant(at), actor=by)
+    result = mark_sent(db, invoice_ids, when, actor=by)
     click.echo(f"marked sent: {result}")
 
 
@@ -516,8 +552,8 @@ def bounces_pull(at: str | None) -> None:
     from dispatch.channels.base import ChannelError
     from dispatch.runs import RunContext
 
-    db, settings = _db_and_settings()
     as_of = parse_instant(at)
+    db, settings = _db_and_settings()
     ctx = RunContext.new(as_of, run_id=f"bounces__{as_of:%Y%m%dT%H%M%SZ}")
     try:
         summary = pull_bounces(db, settings, ctx)
@@ -547,7 +583,7 @@ def demo(today: str | None, seed: int) -> None:
     from dispatch.paths import resolve
 
     settings = _settings()
-    day = dt.date.fromisoformat(today) if today else dt.datetime.now(dt.UTC).date()
+    day = parse_day(today, "--today") if today else dt.datetime.now(dt.UTC).date()
     summary = build_demo(
         settings.accounting_db_url,
         settings.pdf_root,  # the demo's invoice PDFs live where runs read them

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import re
+import stat
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -49,6 +50,7 @@ from dispatch.db.schema import (
 )
 from dispatch.errors import ConfigError
 from dispatch.rendering import TemplateError, check_template_file, check_template_source
+from dispatch.scheduling import MAX_DELAY_DAYS, SUPPORTED_FROM, SUPPORTED_RANGE_TEXT, SUPPORTED_UNTIL
 
 SECTIONS = ("organizations", "users", "plans", "assignments")
 ORG_FIELDS = (
@@ -68,6 +70,10 @@ SENDING_FIELDS = ("channel", "delay_days", "automatic", "owner", "subject", "bod
 ASSIGNMENT_FIELDS = ("customer", "plan")
 
 DEFAULT_SEND_TIME = "08:00"
+#: a configuration file is a few kilobytes; anything near this is a mistake, not a file to parse
+MAX_FILE_BYTES = 10_000_000
+#: how deep mappings and lists may nest (the format itself needs 4 levels)
+MAX_NESTING = 50
 ID_MAX_LENGTH = 64  # the id columns are VARCHAR(64)
 _SEND_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -240,16 +246,26 @@ class _Entry:
             return None
         return value
 
-    def integer(self, name: str, *, default: int) -> int | None:
+    def integer(self, name: str, *, default: int, low: int, high: int) -> int | None:
+        """An integer from ``low`` to ``high`` (inclusive); anything else is refused here,
+        before it can overflow a column or a date computation."""
         if not self.has(name):
             return default
         node = self._scalar(name, True, "an integer")
         if node is None:
             return None
+        allowed = f"an integer from {low} to {high}"
         if node.tag != _TAG_INT:
-            self.refuse(name, f"must be an integer, got {node.value!r}")
+            self.refuse(name, f"must be {allowed}, got {_short(node.value)}")
             return None
-        return int(SafeConstructor().construct_yaml_int(node))  # 0x10, 1_000, … as YAML reads them
+        try:
+            value = int(SafeConstructor().construct_yaml_int(node))  # 0x10, 1_000, … as YAML reads them
+        except ValueError:  # more digits than Python converts
+            value = None
+        if value is None or not low <= value <= high:
+            self.refuse(name, f"must be {allowed}, got {_short(node.value)}")
+            return None
+        return value
 
     def boolean(self, name: str, *, required: bool = False, default: bool | None = None) -> bool | None:
         node = self._scalar(name, required, "true or false")
@@ -270,13 +286,50 @@ class _Entry:
         return _Entry(node, self.where(name), allowed, self.problems)
 
 
+def _short(value: str) -> str:
+    """A value quoted in a message: short, whatever the file holds."""
+    return repr(value if len(value) <= 40 else value[:39] + "…")
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing a file larger than :data:`MAX_FILE_BYTES` without reading
+    it whole (and anything that is not a regular file, e.g. a FIFO or a device)."""
+    source = str(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # stat first: opening a FIFO would block
+            raise ConfigError(f"{source}: cannot read the file: not a regular file")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: the file is larger than {MAX_FILE_BYTES} bytes")
+    return raw
+
+
+def _deeper_than(root: Node, limit: int) -> Node | None:
+    """The first node nested more than ``limit`` levels deep, or None (iteratively: the
+    point is to stay clear of Python's recursion limit)."""
+    stack: list[tuple[Node, int]] = [(root, 0)]
+    seen: set[int] = set()
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return node
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+    return None
+
+
 def _compose(path: Path) -> Node | None:
     """The document's node tree, or a one-line ConfigError for an unreadable file."""
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+    raw = _read_bounded(path)
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -294,7 +347,12 @@ def _compose(path: Path) -> Node | None:
         raise ConfigError(f"{source}:{line}: YAML syntax error: {exc.reason}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}:1: YAML syntax error: {exc}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{source}:1: nested more than {MAX_NESTING} levels deep") from None
     if root is not None:
+        deep = _deeper_than(root, MAX_NESTING)
+        if deep is not None:
+            raise ConfigError(f"{source}:{_line(deep)}: nested more than {MAX_NESTING} levels deep")
         _flatten_merges(root, source)
     return root
 
@@ -574,17 +632,29 @@ def _read_org(e: _Entry) -> _Org:
 
 
 def _instant(e: _Entry, name: str) -> dt.datetime | None:
+    """An aware instant within the range the scheduler computes (``SUPPORTED_FROM`` to
+    ``SUPPORTED_UNTIL``); anything else is refused, never left to overflow later."""
     raw = e.text(name)
     if raw is None:
         return None
     try:
-        value = dt.datetime.fromisoformat(raw.strip())
+        value: dt.datetime | None = dt.datetime.fromisoformat(raw.strip())
     except ValueError:
         value = None
+    try:
+        utc = value.astimezone(dt.UTC) if value is not None and value.tzinfo is not None else None
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        utc = None
     if value is None or value.tzinfo is None:
-        e.refuse(name, f"{raw!r} is not an ISO 8601 instant with an offset (e.g. 2026-11-01T00:00:00+01:00)")
+        e.refuse(
+            name,
+            f"{_short(raw)} is not an ISO 8601 instant with an offset (e.g. 2026-11-01T00:00:00+01:00)",
+        )
         return None
-    return value.astimezone(dt.UTC)
+    if utc is None or not SUPPORTED_FROM <= utc < SUPPORTED_UNTIL:
+        e.refuse(name, f"{_short(raw)} is outside {SUPPORTED_RANGE_TEXT}")
+        return None
+    return utc
 
 
 def _address(e: _Entry, name: str) -> str | None:
@@ -640,7 +710,7 @@ def _read_sending(e: _Entry) -> _Sending:
     s = _Sending(
         entry=e,
         channel=e.text("channel", required=True),
-        delay_days=e.integer("delay_days", default=0),
+        delay_days=e.integer("delay_days", default=0, low=0, high=MAX_DELAY_DAYS),
         automatic=e.boolean("automatic", required=True),
         owner=e.ident("owner", required=False),
         subject=e.text("subject"),
@@ -650,9 +720,6 @@ def _read_sending(e: _Entry) -> _Sending:
     if s.channel is not None and s.channel not in CHANNELS:
         e.refuse("channel", f"unknown channel {s.channel!r} (expected one of: {', '.join(CHANNELS)})")
         s.channel = None
-    if s.delay_days is not None and s.delay_days < 0:
-        e.refuse("delay_days", f"must be 0 or more days, got {s.delay_days}")
-        s.delay_days = None
     if s.channel in ("letter", "sms") and e.has("subject"):
         what = "an SMS" if s.channel == "sms" else "a letter"
         e.refuse("subject", f"{what} has no subject (only e-mails do)")
@@ -683,7 +750,8 @@ def _check_source(e: _Entry, name: str, source: str, *, html: bool) -> None:
         line = _line(node)
         if exc.lineno and isinstance(node, ScalarNode) and node.style == "|":
             line += exc.lineno  # the block's first line is the one after the '|'
-        e.problems.add(line, e.where(name), f"template does not parse: {_one_line(exc)}")
+        what = "template is over a limit" if exc.over_limit else "template does not parse"
+        e.problems.add(line, e.where(name), f"{what}: {_one_line(exc)}")
 
 
 def _one_line(exc: Exception) -> str:

@@ -43,10 +43,15 @@ def _source_query(statement: str | None) -> str | None:
         return None
     folder = resolve(SQL_DIR)
     wanted = " ".join(statement.split())
-    for path in sorted(Path(folder).glob("*.sql")):
-        text = " ".join(path.read_text(encoding="utf-8").split())
-        if text and (text in wanted or wanted in text or text[:200] == wanted[:200]):
-            return f"sql/{path.name}"
+    texts = {
+        p.name: " ".join(p.read_text(encoding="utf-8").split()) for p in sorted(Path(folder).glob("*.sql"))
+    }
+    for name, text in texts.items():  # the statement is the file (or the file is in it)
+        if text and (text == wanted or text in wanted):
+            return f"sql/{name}"
+    for name, text in texts.items():  # the driver may have rewritten the parameters
+        if text and text[:200] == wanted[:200]:
+            return f"sql/{name}"
     return None
 
 

@@ -31,6 +31,7 @@ from dispatch.rendering import (
     resolve_locale,
     templates_dirs,
 )
+from dispatch.source import one_per_invoice
 
 FALLBACK_SENDER = "invoices@localhost"
 
@@ -153,6 +154,7 @@ def prepare_messages(
     """
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
+    recheck = one_per_invoice(recheck)  # a repeated invoice would make .get() return a Series
     now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
     now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
     rec = recipients.set_index("action_id")

@@ -36,18 +36,15 @@ from babel.numbers import format_currency, format_decimal
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
+from dispatch import template_limits as limits
 from dispatch.paths import TEMPLATES_DIR, resolve
+from dispatch.template_limits import MAX_OUTPUT_CHARS, MAX_SOURCE_CHARS, TemplateLimitError
 
 TEMPLATES_DIR_ENV = "DISPATCH_TEMPLATES_DIR"
 
 CHANNELS = ("email", "sms", "letter")
 FALLBACK_LANGUAGE = "en"
 
-# Bounds that keep one template from exhausting the worker's memory. They are far above
-# anything a real invoice message needs.
-MAX_OUTPUT_CHARS = 1_000_000
-MAX_REPEAT_LENGTH = 100_000
-MAX_POWER_BITS = 4_096
 _MAX_MESSAGE_CHARS = 240
 
 # The default files, per language directory.
@@ -68,13 +65,18 @@ class TemplateError(Exception):
     """A template could not be parsed or rendered; the message is short and user-facing.
 
     ``part`` names what failed (``subject``, ``body``, a file name) and ``lineno`` the
-    template line when Jinja knows it, so the owner of the plan can fix it.
+    template line when Jinja knows it, so the owner of the plan can fix it. ``over_limit``
+    tells a template that crossed a limit of :mod:`dispatch.template_limits` from one that
+    is wrong.
     """
 
-    def __init__(self, message: str, *, part: str | None = None, lineno: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, part: str | None = None, lineno: int | None = None, over_limit: bool = False
+    ) -> None:
         super().__init__(message)
         self.part = part
         self.lineno = lineno
+        self.over_limit = over_limit
 
 
 @dataclass(frozen=True)
@@ -195,34 +197,34 @@ def _date_in_template(_context: jinja2.runtime.Context, value: Any, format: str 
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, plus bounds on ``*`` and ``**``.
+    """Jinja's immutable sandbox, bounded (:mod:`dispatch.template_limits`).
 
     The sandbox already refuses internals (``__class__``, ``__globals__``…) and mutation of
-    the variables; intercepting the two operators stops the cheapest memory bombs
-    (``'x' * 10**9``, ``9 ** 9 ** 9``), which the stock sandbox leaves to the caller.
+    the variables. On top of it: the operators that grow values (``*``, ``**``, ``+``,
+    ``%``) and every call are checked before they run, every filter is wrapped with a size
+    check, every loop and every ``~`` is routed through a counting filter when the template
+    is parsed, and blocks and macros join their output with a counting join.
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            _check_repeat(left, right)
-        elif operator == "**":
-            _check_power(left, right)
-        return super().call_binop(context, operator, left, right)
+        limits.check_binop(operator, left, right)
+        return limits.check_size(super().call_binop(context, operator, left, right), f"'{operator}'")
 
+    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        limits.check_call(obj, args, kwargs)
+        return limits.check_size(super().call(context, obj, *args, **kwargs), "call")
 
-def _check_repeat(left: Any, right: Any) -> None:
-    for seq, times in ((left, right), (right, left)):
-        is_repeat = isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int)
-        if is_repeat and len(seq) * max(times, 0) > MAX_REPEAT_LENGTH:
-            raise SecurityError("the result of '*' is too large")
+    def concat(self, parts: Any) -> str:  # type: ignore[override]
+        return limits.bounded_join(parts)
 
-
-def _check_power(left: Any, right: Any) -> None:
-    is_int_power = isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
-    if is_int_power and right * math.log2(abs(left)) > MAX_POWER_BITS:
-        raise SecurityError("the result of '**' is too large")
+    def _parse(self, source: str, name: str | None, filename: str | None) -> jinja2.nodes.Template:
+        if len(source) > MAX_SOURCE_CHARS:
+            raise limits.refuse(
+                f"the template source is over the limit MAX_SOURCE_CHARS ({MAX_SOURCE_CHARS:,} characters)"
+            )
+        return limits.bound_tree(super()._parse(source, name, filename))
 
 
 def _finalize(value: Any) -> Any:
@@ -266,6 +268,9 @@ def _build_envs(dirs: tuple[Path, ...]) -> _Envs:
         )
         env.filters["money"] = _money_in_template
         env.filters["date"] = _date_in_template
+        env.filters = {name: limits.bounded_filter(name, f) for name, f in env.filters.items()}
+        env.filters[limits.LOOP_FILTER] = limits.counted_loop
+        env.filters[limits.CONCAT_FILTER] = limits.checked_concat
         env.globals.pop("lipsum", None)  # no use in a message; only a way to make big output
         return env
 
@@ -308,6 +313,8 @@ def _template_lineno(exc: BaseException, dirs: tuple[Path, ...]) -> int | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TemplateLimitError):
+        return _first_line(str(exc))
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return f"syntax error: {_first_line(exc.message or str(exc))}"
     if isinstance(exc, SecurityError):
@@ -329,20 +336,41 @@ def _template_error(exc: BaseException, part: str) -> TemplateError:
     name = getattr(exc, "name", None)
     if isinstance(exc, jinja2.TemplateSyntaxError) and name and name != part:
         where = f"{where} (in {name})"
-    return TemplateError(f"{where}: {_describe(exc)}", part=part, lineno=lineno)
+    return TemplateError(
+        f"{where}: {_describe(exc)}", part=part, lineno=lineno, over_limit=isinstance(exc, TemplateLimitError)
+    )
 
 
 def _render(template: jinja2.Template, context: Mapping[str, Any], locale: Locale, part: str) -> str:
+    """Render while counting: the output streams out chunk by chunk and the render stops as
+    soon as it passes MAX_OUTPUT_CHARS, before the rest is ever built."""
     token = _RENDER_LOCALE.set(locale)
+    chunks: list[str] = []
+    size = 0
     try:
-        output = template.render(dict(context))
+        with limits.message_budget():
+            stream = template.generate(dict(context))
+            try:
+                for chunk in stream:
+                    size += len(chunk)
+                    if size > MAX_OUTPUT_CHARS:
+                        raise TemplateError(
+                            f"{part}: the output is over the limit MAX_OUTPUT_CHARS "
+                            f"({MAX_OUTPUT_CHARS:,} characters)",
+                            part=part,
+                            over_limit=True,
+                        )
+                    limits.tick()
+                    chunks.append(chunk)
+            finally:
+                stream.close()
+    except TemplateError:
+        raise
     except Exception as exc:  # any failure of user content is a TemplateError (B7)
         raise _template_error(exc, part) from exc
     finally:
         _RENDER_LOCALE.reset(token)
-    if len(output) > MAX_OUTPUT_CHARS:
-        raise TemplateError(f"{part}: the output is larger than {MAX_OUTPUT_CHARS} characters", part=part)
-    return output
+    return "".join(chunks)
 
 
 def _from_source(env: _Sandbox, source: str, part: str) -> jinja2.Template:
@@ -441,11 +469,19 @@ def check_template_source(source: str, *, html: bool = False) -> None:
         raise TemplateError("template: must be text", part="template")
     envs = _envs()
     try:
-        (envs.html if html else envs.text).from_string(source)
+        with limits.compile_refusals() as refused:
+            (envs.html if html else envs.text).from_string(source)
     except Exception as exc:
         lineno = getattr(exc, "lineno", None)
         where = f"line {lineno}: " if lineno else ""
-        raise TemplateError(f"{where}{_describe(exc)}", part="template", lineno=lineno) from exc
+        raise TemplateError(
+            f"{where}{_describe(exc)}",
+            part="template",
+            lineno=lineno,
+            over_limit=isinstance(exc, TemplateLimitError),
+        ) from exc
+    if refused:  # a constant expression over a limit: known now, so refused now
+        raise TemplateError(f"refused when compiled: {refused[0]}", part="template", over_limit=True)
 
 
 def check_template_file(name: str) -> None:
@@ -463,13 +499,21 @@ def check_template_file(name: str) -> None:
         env = envs.text if _is_text_file(item) else envs.html
         try:
             source, _filename, _uptodate = env.loader.get_source(env, item)  # type: ignore[union-attr]
-            env.compile(source, name=item)
+            with limits.compile_refusals() as refused:
+                env.compile(source, name=item)
         except Exception as exc:
             lineno = getattr(exc, "lineno", None)
             where = f", line {lineno}" if lineno else ""
             raise TemplateError(
-                f"template file {item!r}{where}: {_describe(exc)}", part=item, lineno=lineno
+                f"template file {item!r}{where}: {_describe(exc)}",
+                part=item,
+                lineno=lineno,
+                over_limit=isinstance(exc, TemplateLimitError),
             ) from exc
+        if refused:
+            raise TemplateError(
+                f"template file {item!r}: refused when compiled: {refused[0]}", part=item, over_limit=True
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -675,6 +719,21 @@ def render_message(spec: TemplateSpec, context: dict[str, Any], language: str | 
     """
     if spec.channel not in CHANNELS:
         raise ValueError(f"unknown channel {spec.channel!r}; expected one of {', '.join(CHANNELS)}")
+    _refuse_unusable_amount(context)
+    with limits.message_budget():  # one deadline and one loop/call budget for all the parts
+        return _render_message(spec, context, language)
+
+
+def _refuse_unusable_amount(context: Mapping[str, Any]) -> None:
+    """An infinite or NaN total (a corrupt source row) cannot be worded: it fails this one
+    message as a template error, never the batch."""
+    invoice = context.get("invoice")
+    amount = invoice.get("total_amount") if isinstance(invoice, Mapping) else None
+    if isinstance(amount, Decimal) and not amount.is_finite():
+        raise TemplateError(f"invoice.total_amount is not a finite amount: {amount}", part="invoice")
+
+
+def _render_message(spec: TemplateSpec, context: dict[str, Any], language: str | None) -> Rendered:
     body = _normalize_source(spec.body)
     if spec.template_file is not None and not spec.template_file.strip():
         spec = replace(spec, template_file=None)  # blank means "not given", as for body
@@ -745,6 +804,23 @@ def _optional_date(value: Any, field: str) -> dt.date | None:
         raise ValueError(f"build_context: {field} is not a date: {value!r}") from exc
 
 
+def _total_amount(invoice: Mapping[str, Any]) -> Decimal:
+    """The total as a Decimal. Infinite and NaN totals are kept as such (``Decimal('Infinity')``,
+    ``Decimal('NaN')``) for :func:`render_message` to refuse as that message's template error;
+    a missing or unreadable one is a data error (``ValueError``)."""
+    raw = invoice.get("total_amount")
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return Decimal("NaN") if math.isnan(raw) else Decimal(raw)
+    if isinstance(raw, str) and raw.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        return Decimal(raw.strip())
+    if isinstance(raw, Decimal) and not raw.is_finite():
+        return raw
+    try:
+        return _to_decimal(_pick(invoice, "total_amount", required="invoice.total_amount"))
+    except ValueError as exc:
+        raise ValueError(f"build_context: invoice.total_amount is not an amount: {exc}") from exc
+
+
 def build_context(
     *,
     customer: Mapping[str, Any],
@@ -765,10 +841,7 @@ def build_context(
         _pick(invoice, "issue_date", required="invoice.issue_date"), "invoice.issue_date"
     )
     currency = str(_pick(invoice, "currency", required="invoice.currency")).strip().upper()
-    try:
-        total_amount = _to_decimal(_pick(invoice, "total_amount", required="invoice.total_amount"))
-    except ValueError as exc:
-        raise ValueError(f"build_context: invoice.total_amount is not an amount: {exc}") from exc
+    total_amount = _total_amount(invoice)
     owner = owner or {}
     return {
         "customer": {

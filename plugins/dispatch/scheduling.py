@@ -32,7 +32,29 @@ WEEKMASK = "Mon Tue Wed Thu Fri"
 _TS_UNIT = "ns"
 _NO_COUNTRY = ""
 
+SUPPORTED_FROM = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+SUPPORTED_UNTIL = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+"""The instants the scheduler computes with, ``[SUPPORTED_FROM, SUPPORTED_UNTIL)`` UTC.
+
+Nanosecond timestamps, which pandas computes with, overflow outside 1677–2262 and then wrap
+around silently (a year-2926 typo became a date in 1757 and was sent at once). Every
+instant is checked against this window before it reaches one: ``--at`` and the
+configuration's instants are refused outside it, and :func:`scheduled_instants` gives the
+rows that would leave it no instant and a ``schedule_error`` instead.
+"""
+SUPPORTED_RANGE_TEXT = "the supported range 1970-01-01T00:00:00Z to 2200-01-01T00:00:00Z"
+MAX_DELAY_DAYS = 3650
+"""The longest template delay the configuration accepts (ten years)."""
+
+_FIRST_DAY = np.datetime64("1970-01-01", "D")
+_LAST_DAY = np.datetime64("2199-12-31", "D")
+# Delays are clipped to this before any arithmetic: beyond the window anyway, and small
+# enough that issue date + delay cannot overflow a datetime64[D].
+_DELAY_CLIP = 200_000
+
 SCHEDULE_INPUT_COLUMNS = ("issue_date", "first_seen_at", "delay_days", "timezone", "send_time", "holidays")
+OUT_OF_RANGE = "issue date, delay or import instant outside " + SUPPORTED_RANGE_TEXT
+"""The ``schedule_error`` of a row :func:`scheduled_instants` cannot schedule."""
 DUE_INPUT_COLUMNS = ("scheduled_for", "scheduled_local_date", "timezone", "channel", "automatic")
 
 UNSCHEDULABLE_CHANNELS = frozenset({"letter"})
@@ -125,6 +147,21 @@ def _as_utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).dt.as_unit(_TS_UNIT)
 
 
+def in_supported_range(instant: dt.datetime) -> bool:
+    """Whether an aware instant lies in ``[SUPPORTED_FROM, SUPPORTED_UNTIL)``."""
+    return SUPPORTED_FROM <= instant < SUPPORTED_UNTIL
+
+
+def _instants_in_window(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Instants as tz-aware UTC nanoseconds, NaT outside the supported window, and the mask of
+    the values that were outside it. Read at the values' own resolution first, so that a
+    far-future instant is seen as such and not wrapped around by the conversion."""
+    stamps = pd.to_datetime(values, utc=True)
+    low, high = pd.Timestamp(SUPPORTED_FROM), pd.Timestamp(SUPPORTED_UNTIL)
+    outside = (stamps.notna() & ((stamps < low) | (stamps >= high))).to_numpy()
+    return stamps.where(~outside).dt.as_unit(_TS_UNIT), outside
+
+
 def local_wall_time_to_utc(local: pd.Series, timezone: str) -> pd.Series:
     """Naive local wall times in ``timezone`` -> tz-aware UTC, DST handled.
 
@@ -166,18 +203,33 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
     Wall time -> UTC follows :func:`local_wall_time_to_utc`. Rows with a missing issue date
     or import instant get NaT (callers reject such invoices at import, SPEC B6); a negative
     or missing delay raises ``ValueError`` because the configuration forbids it.
+
+    - ``schedule_error`` — None, or :data:`OUT_OF_RANGE` for a row whose issue date, issue
+      date + delay or import instant lies outside ``[SUPPORTED_FROM, SUPPORTED_UNTIL)``; such
+      a row gets NaT (never due) instead of a wrapped-around instant.
     """
     missing = [c for c in SCHEDULE_INPUT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"scheduled_instants: missing columns {missing}")
 
-    delay = pd.to_numeric(df["delay_days"], errors="coerce")
+    delay = pd.to_numeric(df["delay_days"], errors="coerce").astype(float)
     if delay.isna().any() or (delay < 0).any() or (delay % 1 != 0).any():
         raise ValueError("delay_days must be an integer >= 0 on every row")
-    delay_days = delay.to_numpy(dtype="int64").astype("timedelta64[D]")
+    # Whole-day arithmetic on datetime64[D] cannot overflow once the delay is clipped; the
+    # window check below then keeps every row that reaches nanoseconds inside 1970..2200.
+    delay_days = delay.clip(upper=_DELAY_CLIP).to_numpy(dtype="int64").astype("timedelta64[D]")
     issue = _as_days(df["issue_date"])
+    target = issue + delay_days
+    first_seen_utc, first_outside = _instants_in_window(df["first_seen_at"])
+    outside = (
+        first_outside
+        | (~np.isnat(issue) & ((issue < _FIRST_DAY) | (issue > _LAST_DAY)))
+        | (~np.isnat(target) & (target > _LAST_DAY))
+    )
+    issue = np.where(outside, np.datetime64("NaT", "D"), issue)
     # UTC instants as naive numpy values while computing; made tz-aware once at the end.
-    first_seen = _as_utc(df["first_seen_at"]).dt.tz_localize(None).to_numpy(dtype=f"datetime64[{_TS_UNIT}]")
+    first_seen = first_seen_utc.dt.tz_localize(None).to_numpy(dtype=f"datetime64[{_TS_UNIT}]")
+    first_seen = np.where(outside, np.datetime64("NaT", _TS_UNIT), first_seen)
 
     scheduled_for = np.full(len(df), np.datetime64("NaT"), dtype=f"datetime64[{_TS_UNIT}]")
     local_date = np.full(len(df), np.datetime64("NaT"), dtype="datetime64[D]")
@@ -215,6 +267,7 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
         {
             "scheduled_for": pd.Series(scheduled_for, index=df.index).dt.tz_localize("UTC"),
             "scheduled_local_date": pd.Series(local_date.astype(f"datetime64[{_TS_UNIT}]"), index=df.index),
+            "schedule_error": pd.Series(np.where(outside, OUT_OF_RANGE, None), index=df.index, dtype=object),
         },
         index=df.index,
     )

@@ -150,37 +150,114 @@ ENV_NAMES: dict[str, str] = {
 }
 
 
+# Allowed ranges of the numeric settings, inclusive: (low, high). The upper bounds are far
+# above any real use; they exist so that a typo (an extra zero, "1e309") is refused with a
+# message instead of overflowing a timedelta or starving a worker.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "smtp_port": (1, 65_535),
+    "batch_size": (1, 100_000),
+    "max_attempts": (1, 100),
+    "send_concurrency": (1, 1_024),
+    "smtp_connections": (1, 256),
+    "twilio_max_segments": (1, 100),
+    "pdf_max_bytes": (1, 1_073_741_824),  # 1 GiB
+}
+SECONDS_RANGES: dict[str, tuple[float, float]] = {
+    "http_timeout": (0.001, 3_600.0),
+    "smtp_timeout": (0.001, 3_600.0),
+    #: a lease under one second would make live claims look dead (exactly-once, SPEC "Time")
+    "claim_lease": (1.0, 7 * 86_400.0),
+}
+BOOL_WORDS: dict[str, bool] = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+#: settings that hold an http(s) URL of a provider
+HTTP_URL_SETTINGS = ("sendgrid_api_host", "twilio_api_base", "printapi_url", "twilio_status_callback")
+DB_URL_SETTINGS = ("dispatch_db_url", "accounting_db_url")
+DB_BACKENDS = ("sqlite", "postgresql")
+DB_DRIVERS = ("pysqlite", "psycopg")
+_SHOWN_CHARS = 40
+
+
+def _shown(raw: str) -> str:
+    """The value as quoted in a message: one line, and short (the value may be huge)."""
+    text = raw if len(raw) <= _SHOWN_CHARS else raw[: _SHOWN_CHARS - 1] + "…"
+    return repr(text)
+
+
+def _number(name: str, raw: str, *, integer: bool) -> int | float:
+    env_name = ENV_NAMES[name]
+    low, high = INT_RANGES[name] if integer else SECONDS_RANGES[name]
+    what = "an integer" if integer else "a number of seconds"
+    bounds = f"from {low} to {high}" if integer else f"from {low:g} to {high:g}"
+    try:
+        value: int | float = int(raw.strip()) if integer else float(raw.strip())
+    except ValueError:
+        raise DispatchError(f"{env_name}={_shown(raw)}: expected {what} {bounds}") from None
+    if not low <= value <= high:  # NaN fails both comparisons
+        raise DispatchError(f"{env_name}={_shown(raw)}: expected {what} {bounds}")
+    return value
+
+
+def _http_url(name: str, raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    env_name = ENV_NAMES[name]
+    try:
+        parts = urlsplit(raw.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() or ord(c) < 32 for c in raw.strip()):
+        # the value is not repeated: a URL may carry credentials (https://user:key@host)
+        raise DispatchError(f"{env_name}: expected an http:// or https:// URL with a host")
+    return raw.strip()
+
+
+def check_db_url(env_name: str, url: str) -> None:
+    """Refuse what SQLAlchemy could not open, naming the variable but never echoing the URL
+    (it may carry a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    hint = "expected a database URL such as sqlite:///var/dispatch.db or postgresql+psycopg://user@host/db"
+    if "\x00" in url or any(ord(c) < 32 for c in url):
+        raise DispatchError(f"{env_name}: {hint} (it contains control characters)")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise DispatchError(f"{env_name}: {hint}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in DB_BACKENDS and backend != "postgres":
+        raise DispatchError(f"{env_name}: {hint} (backend {backend[:20]!r} is not sqlite or postgresql)")
+    if driver and driver not in DB_DRIVERS:  # only these drivers are installed
+        raise DispatchError(
+            f"{env_name}: {hint} (driver {driver[:20]!r} is not one of {', '.join(DB_DRIVERS)})"
+        )
+
+
 def _convert(name: str, raw: str) -> object:
+    """The typed value of one environment variable, or a one-line :class:`DispatchError`
+    naming the variable and what it allows (the CLI exits 2 with it)."""
     if name in ("outbox_dir", "pdf_root"):
+        if "\x00" in raw:
+            raise DispatchError(f"{ENV_NAMES[name]}: a path cannot contain a NUL byte")
         return resolve(raw)
-    if name in ("http_timeout", "smtp_timeout"):
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected a number of seconds") from None
-        if not seconds > 0:
-            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected a positive number of seconds")
-        return seconds
-    if name in (
-        "smtp_port",
-        "batch_size",
-        "max_attempts",
-        "send_concurrency",
-        "smtp_connections",
-        "twilio_max_segments",
-        "pdf_max_bytes",
-    ):
-        try:
-            value = int(raw)
-        except ValueError:
-            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected an integer") from None
-        if value < 1:
-            raise DispatchError(f"{ENV_NAMES[name]}={raw!r}: expected a positive integer")
-        return value
-    if name == "smtp_starttls":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name in INT_RANGES:
+        return _number(name, raw, integer=True)
     if name == "claim_lease":
-        return dt.timedelta(seconds=float(raw))
+        return dt.timedelta(seconds=_number(name, raw, integer=False))
+    if name in SECONDS_RANGES:
+        return _number(name, raw, integer=False)
+    if name == "smtp_starttls":
+        word = raw.strip().lower()
+        if word not in BOOL_WORDS:
+            raise DispatchError(f"{ENV_NAMES[name]}={_shown(raw)}: expected one of {', '.join(BOOL_WORDS)}")
+        return BOOL_WORDS[word]
+    if name in HTTP_URL_SETTINGS:
+        return _http_url(name, raw)
     return raw
 
 
@@ -288,8 +365,9 @@ def load_settings(
         raw = environ.get(env_name)
         if raw not in (None, "") and name in names:
             values[name] = _convert(name, raw)  # type: ignore[arg-type]
-    for key in ("dispatch_db_url", "accounting_db_url"):
+    for key in DB_URL_SETTINGS:
         if key in values:
+            check_db_url(ENV_NAMES[key], str(values[key]))
             values[key] = _sqlite_relative(str(values[key]))
     values.setdefault("dispatch_db_url", _sqlite_relative(DEFAULT_DISPATCH_DB))
     values.setdefault("accounting_db_url", _sqlite_relative(DEFAULT_ACCOUNTING_DB))

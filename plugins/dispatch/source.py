@@ -7,14 +7,17 @@ without touching code; each must keep the columns of CONTRACT §2.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 
 import pandas as pd
 from sqlalchemy import Engine, bindparam, text
 
-from dispatch.db.bulk import chunks
 from dispatch.paths import SQL_DIR, resolve
+
+#: ids per ``IN`` list: under SQLite's limit of bound parameters per statement
+IN_LIST = 900
 
 
 @cache
@@ -30,25 +33,41 @@ def _instant(engine: Engine, value: dt.datetime) -> object:
     return naive
 
 
-def read_changed_invoices(engine: Engine, since: dt.datetime, until: dt.datetime) -> pd.DataFrame:
-    """Invoices whose ``updated_at`` falls in [since, until], as raw rows (not validated)."""
+@contextmanager
+def stream_changed_invoices(
+    engine: Engine, since: dt.datetime, until: dt.datetime, chunk_rows: int
+) -> Iterator[Iterator[pd.DataFrame]]:
+    """Invoices whose ``updated_at`` falls in [since, until], as raw rows (not validated), in
+    frames of at most ``chunk_rows``: a server-side cursor on PostgreSQL, SQLite's own lazy
+    cursor, so memory follows the chunk and not the window."""
     stmt = text(sql_text("extract_invoices.sql"))
+    params = {"since": _instant(engine, since), "until": _instant(engine, until)}
     with engine.connect() as conn:
-        return pd.read_sql(
-            stmt, conn, params={"since": _instant(engine, since), "until": _instant(engine, until)}
-        )
+        result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(stmt, params)
+        columns = list(result.keys())
+
+        def frames() -> Iterator[pd.DataFrame]:
+            for rows in result.partitions(chunk_rows):
+                yield pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
+
+        try:
+            yield frames()
+        finally:
+            result.close()
 
 
-def read_customers(engine: Engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(text(sql_text("extract_customers.sql")), conn)
+def read_customers(engine: Engine, customer_ids: Sequence[str]) -> pd.DataFrame:
+    """The accounting rows of these customers (every copy an adapted query returns)."""
+    return _read_in(engine, "extract_customers.sql", "customer_ids", sorted(set(customer_ids)))
 
 
 def _read_in(engine: Engine, name: str, param: str, ids: Sequence[str]) -> pd.DataFrame:
     stmt = text(sql_text(name)).bindparams(bindparam(param, expanding=True))
     frames = []
     with engine.connect() as conn:
-        for part in chunks(list(ids)):
+        ids = list(ids)
+        for start in range(0, len(ids), IN_LIST):
+            part = ids[start : start + IN_LIST]
             frames.append(pd.read_sql(stmt, conn, params={param: list(part)}))
     if not frames:
         with engine.connect() as conn:
@@ -61,4 +80,33 @@ def read_contacts(engine: Engine, customer_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def recheck_invoices(engine: Engine, invoice_ids: Sequence[str]) -> pd.DataFrame:
-    return _read_in(engine, "recheck_invoices.sql", "invoice_ids", list(invoice_ids))
+    """The invoices as the accounting system has them now, one row per invoice.
+
+    An adapted query may repeat an invoice (joined to its lines or payments): a copy saying
+    ``void`` wins (never send what any copy calls void, B5), then a copy with a PDF path."""
+    rows = _read_in(engine, "recheck_invoices.sql", "invoice_ids", list(invoice_ids))
+    return one_per_invoice(rows)
+
+
+def one_per_invoice(recheck: pd.DataFrame) -> pd.DataFrame:
+    """Collapse repeated re-check rows of an invoice: void first, then one with a PDF path."""
+    if recheck.empty or not recheck["invoice_id"].duplicated().any():
+        return recheck
+    order = recheck.assign(
+        _live=recheck["status"].astype("string") != "void", _no_pdf=recheck["pdf_path"].isna()
+    ).sort_values(["invoice_id", "_live", "_no_pdf"], kind="stable")
+    return order.drop_duplicates("invoice_id").drop(columns=["_live", "_no_pdf"]).reset_index(drop=True)
+
+
+#: Upper bound of the instants a window can reach; text beyond it (SQLite) is no instant.
+CEILING = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+
+
+def read_unplaceable_invoices(engine: Engine, floor: dt.datetime) -> pd.DataFrame:
+    """Rows whose ``updated_at`` is missing, before ``floor`` or not an instant: no extract
+    window will ever hold them, so the extract reports them instead."""
+    stmt = text(sql_text("extract_unplaceable_invoices.sql"))
+    with engine.connect() as conn:
+        return pd.read_sql(
+            stmt, conn, params={"floor": _instant(engine, floor), "ceiling": _instant(engine, CEILING)}
+        )
