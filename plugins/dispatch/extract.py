@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -125,8 +126,17 @@ def validate_invoices(
     return valid, rejected
 
 
+def _json_value(value: object) -> object:
+    """A value valid JSON can hold: a missing one is null, an infinite or NaN number its
+    text (JSON has no NaN / Infinity: ``json_valid`` and ``::jsonb`` would refuse the row)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
 def _raw_text(row: dict) -> str:
-    return json.dumps(row, default=str, sort_keys=True, ensure_ascii=False)
+    clean = {k: _json_value(v) for k, v in row.items()}
+    return json.dumps(clean, default=str, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def _quarantine(conn: Connection, rejected: pd.DataFrame, ctx: RunContext, summary: ExtractSummary) -> None:
