@@ -249,6 +249,7 @@ class World:
         timezone: str = "Europe/Paris",
         send_time: str = "08:30",
         holidays: str | None = "FR",
+        country: object = DEFAULT,
         enabled_at: str | None = DEFAULT_ENABLED_AT,
         default_owner: str | None = "u_alice",
         name: str | None = None,
@@ -264,6 +265,9 @@ class World:
         }
         if holidays:
             entry["holidays"] = holidays
+        country = holidays if country is DEFAULT else country  # the same country unless told
+        if country:
+            entry["country"] = country
         if mail_from:
             entry["mail_from"] = mail_from
         if default_owner:

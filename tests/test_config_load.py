@@ -44,6 +44,7 @@ organizations:
     name: Globex Inc.
     timezone: America/New_York
     send_time: "09:00"
+    country: US
     default_owner: u_gina
 users:
   - {id: u_alice, org: acme, name: Alice Martin, email: alice@acme.example}
@@ -272,6 +273,7 @@ def test_valid_file_loads_every_row(tmp_path: Path, engine: sa.Engine, accountin
             "timezone": "Europe/Paris",
             "send_time": "08:30",
             "holidays": "FR",
+            "country": None,
             "invoice_sending_enabled_at": dt.datetime(2026, 10, 31, 23, 0, tzinfo=dt.UTC),
             "default_owner": "u_alice",
             "mail_from": "billing@acme.example",
@@ -284,6 +286,7 @@ def test_valid_file_loads_every_row(tmp_path: Path, engine: sa.Engine, accountin
             "timezone": "America/New_York",
             "send_time": "09:00",
             "holidays": None,
+            "country": "US",
             "invoice_sending_enabled_at": None,
             "default_owner": "u_gina",
             "mail_from": None,

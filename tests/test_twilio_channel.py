@@ -442,7 +442,9 @@ def test_pipeline_hands_a_tokyo_sms_over_with_its_delivery_time(
 ) -> None:
     """Worked example: Tokyo, 08:30, delay 1, issued Mon 2026-11-30, run at 05:00Z (14:00 local)."""
     tw = TwilioWorld(w, server, clock)
-    w.org("tokyo", timezone="Asia/Tokyo", send_time="08:30", holidays=None, default_owner="u_ken")
+    w.org(
+        "tokyo", timezone="Asia/Tokyo", send_time="08:30", holidays=None, country="JP", default_owner="u_ken"
+    )
     w.plan("p_sms_tokyo", "tokyo", channel="sms", delay=1, body="Invoice {{ invoice.number }}")
     w.customer("c_t", "tokyo", plan="p_sms_tokyo", email=None, phone="+81 90 1234 5678").load_config()
     w.invoice("i_t", "c_t", issued="2026-11-30")

@@ -386,7 +386,7 @@ def bench_config_yaml(orgs: Sequence[BenchOrg], cust: pd.DataFrame, enabled_at: 
             f"    name: {o.name}",
             f"    timezone: {o.timezone}",
             f'    send_time: "{o.send_time}"',
-            *([f"    holidays: {o.holidays}"] if o.holidays else []),
+            *([f"    holidays: {o.holidays}", f"    country: {o.holidays}"] if o.holidays else []),
             f'    invoice_sending_enabled_at: "{enabled_at.isoformat()}"',
             f"    default_owner: u_{o.org_id}_ar",
             f"    mail_from: billing@{o.org_id.replace('_', '-')}.example",

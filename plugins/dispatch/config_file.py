@@ -58,6 +58,7 @@ ORG_FIELDS = (
     "name",
     "timezone",
     "send_time",
+    "country",
     "holidays",
     "invoice_sending_enabled_at",
     "default_owner",
@@ -420,6 +421,7 @@ class _Org:
     send_time: str | None
     holidays: str | None
     enabled_at: dt.datetime | None
+    country: str | None
     default_owner: str | None
     mail_from: str | None
     reply_to: str | None
@@ -431,6 +433,7 @@ class _Org:
             "timezone": self.timezone,
             "send_time": self.send_time,
             "holidays": self.holidays,
+            "country": self.country,
             "invoice_sending_enabled_at": self.enabled_at,
             "default_owner": self.default_owner,
             "mail_from": self.mail_from,
@@ -603,6 +606,7 @@ def _read_org(e: _Entry) -> _Org:
         send_time=e.text("send_time"),
         holidays=e.text("holidays"),
         enabled_at=None,
+        country=e.text("country"),
         default_owner=e.ident("default_owner", required=False),
         mail_from=_address(e, "mail_from"),
         reply_to=_address(e, "reply_to"),
@@ -626,9 +630,26 @@ def _read_org(e: _Entry) -> _Org:
             org.holidays = None
         else:
             org.holidays = country
+    if org.country is not None:
+        code = org.country.strip().upper()
+        if code not in _countries():
+            e.refuse(
+                "country", f"unknown country {org.country!r} (an ISO 3166 alpha-2 code such as FR, DE, US)"
+            )
+            org.country = None
+        else:
+            org.country = code
     if e.has("invoice_sending_enabled_at"):
         org.enabled_at = _instant(e, "invoice_sending_enabled_at")
     return org
+
+
+@functools.cache
+def _countries() -> frozenset[str]:
+    """ISO 3166 alpha-2 codes phone numbers can be read with."""
+    import phonenumbers
+
+    return frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
 def _instant(e: _Entry, name: str) -> dt.datetime | None:
@@ -915,6 +936,23 @@ def _check_references(
     for org in parsed.orgs:
         if org.default_owner and known(org.entry, "default_owner", org.default_owner, user_ids, "user"):
             same_org(org.entry, "default_owner", org.default_owner, org.org_id)
+    # SMS needs the organization's country: phone numbers written without +NN are read with it.
+    for plan in parsed.plans:
+        if not (plan.sending and plan.sending.channel == "sms" and plan.org_id):
+            continue
+        in_file = [o for o in parsed.orgs if o.org_id == plan.org_id]
+        if in_file:  # (a repeated entry is reported on its own; any country will do here)
+            country = next((o.country for o in in_file if o.country), None)
+        else:
+            country = stored.orgs.get(plan.org_id, {}).get("country")
+        if country is None and not any(
+            o.org_id == plan.org_id and o.entry.has("country") for o in parsed.orgs
+        ):
+            plan.sending.entry.refuse(
+                "channel",
+                f"sms needs organization {plan.org_id!r} to set `country` (ISO 3166, e.g. FR): phone "
+                "numbers written without +NN are read with it",
+            )
     for plan in parsed.plans:
         owner = plan.sending.owner if plan.sending else None
         if plan.sending and owner and known(plan.sending.entry, "owner", owner, user_ids, "user"):
@@ -1076,6 +1114,7 @@ _ORG_COMPARE = (
     "name",
     "timezone",
     "send_time",
+    "country",
     "holidays",
     "invoice_sending_enabled_at",
     "default_owner",
@@ -1210,6 +1249,7 @@ def dump_config(engine: Engine) -> dict[str, list[dict[str, Any]]]:
                     ("name", o["name"]),
                     ("timezone", o["timezone"]),
                     ("send_time", o["send_time"]),
+                    ("country", o["country"]),
                     ("holidays", o["holidays"]),
                     ("invoice_sending_enabled_at", enabled.isoformat() if enabled else None),
                     ("default_owner", o["default_owner"]),

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from dispatch.channels.base import Attachment, OutgoingMessage
 from dispatch.db.schema import customers, invoice_actions, invoice_templates, invoices, organizations, users
@@ -68,7 +68,7 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
             c.c.name.label("customer_name"),
             c.c.language,
             o.c.name.label("org_name"),
-            o.c.holidays.label("org_country"),
+            func.coalesce(o.c.country, o.c.holidays).label("org_country"),  # the phone numbers' region
             o.c.mail_from,
             o.c.reply_to,
             o.c.timezone,

@@ -66,7 +66,8 @@ def _candidates(conn: Connection) -> pd.DataFrame:
             ),
             organizations.c.timezone,
             organizations.c.send_time,
-            organizations.c.holidays,
+            # the org's holiday calendar: `holidays`, else its country
+            func.coalesce(organizations.c.holidays, organizations.c.country).label("holidays"),
         )
         .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
         .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))

@@ -105,7 +105,8 @@ organizations = Table(
     Column("name", Text, nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("send_time", String(5), nullable=False),  # 'HH:MM', local
-    Column("holidays", String(8)),  # ISO country code, optional
+    Column("holidays", String(8)),  # holiday calendar country, optional; default: country
+    Column("country", String(2)),  # ISO 3166 alpha-2: phone numbers, default holidays
     Column("invoice_sending_enabled_at", UTCDateTime),  # NULL: sending off
     Column("default_owner", String(64)),
     Column("mail_from", Text),

@@ -8,6 +8,8 @@ Create Date: 2026-12-01
   ``sent_manually``, ``template_refreshed`` …); NULL for what a run did on its own.
 * ``action_events.template_id``: the template version an event concerns — the version a
   person's send or a re-queued action goes out with.
+* ``organizations.country``: ISO 3166 alpha-2; phone numbers are read with it and it is the
+  default holiday calendar (``holidays`` still overrides).
 * Views ``daily_sends`` and ``stuck_invoices`` (docs/data-dictionary.md), on both databases.
 
 Adding nullable columns is a plain ``ALTER TABLE … ADD COLUMN`` on SQLite and PostgreSQL,
@@ -76,6 +78,7 @@ def view_sql(name: str, dialect: str) -> str:
 
 def upgrade() -> None:
     op.add_column("action_events", sa.Column("actor", sa.String(length=64), nullable=True))
+    op.add_column("organizations", sa.Column("country", sa.String(length=2), nullable=True))
     op.add_column("action_events", sa.Column("template_id", sa.String(length=96), nullable=True))
     dialect = op.get_bind().dialect.name
     for name in VIEWS:
@@ -88,3 +91,5 @@ def downgrade() -> None:
     with op.batch_alter_table("action_events", schema=None) as batch_op:
         batch_op.drop_column("template_id")
         batch_op.drop_column("actor")
+    with op.batch_alter_table("organizations", schema=None) as batch_op:
+        batch_op.drop_column("country")
