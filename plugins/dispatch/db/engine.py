@@ -39,23 +39,36 @@ def make_engine(url: str, *, readonly: bool = False, name: str | None = None) ->
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
-        if readonly and db and db != ":memory:" and not db.startswith("file:") and not Path(db).is_file():
+        missing = None
+        if readonly and db and db != ":memory:" and not db.startswith("file:"):
             setting = f"{name} " if name else ""
             hint = (
                 "run `dispatch db init` first"
                 if name == "DISPATCH_DB_URL"
                 else "it is only read, never created"
             )
-            raise MissingDatabaseError(f"{setting}{url}: no SQLite database file at {db} ({hint})")
+            missing = MissingDatabaseError(f"{setting}{url}: no SQLite database file at {db} ({hint})")
         if db and db != ":memory:" and not readonly:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
         _sqlite_transactions(engine, readonly=readonly)
+        if missing is not None:
+            _refuse_to_create(engine, Path(db), missing)  # type: ignore[arg-type]
         return engine
     # Small multi-row INSERT pages: psycopg converts every named placeholder of a statement
     # and its cost grows faster than the statement; 1,000-row pages (SQLAlchemy's default)
     # made inserting 100,000 actions ~4x slower than 20-row pages (measured, docs/benchmark.md).
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, insertmanyvalues_page_size=20)
+
+
+def _refuse_to_create(engine: Engine, path: Path, error: MissingDatabaseError) -> None:
+    """Checked on each connection (not when the engine is made: a task that never reads the
+    source must not fail for it), before SQLite would create an empty file."""
+
+    @event.listens_for(engine, "do_connect")
+    def _check(*_args):  # type: ignore[no-untyped-def]
+        if not path.is_file():
+            raise error
 
 
 def _sqlite_transactions(engine: Engine, *, readonly: bool) -> None:
