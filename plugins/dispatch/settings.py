@@ -65,7 +65,7 @@ class Settings:
     printapi_default_country: str | None = None
     #: how many actions one claim takes (and one mapped task sends)
     batch_size: int = 500
-    #: a claim older than this on the as-of clock was left by a dead run (SPEC "Time")
+    #: a claim whose lease was not renewed for this long (wall clock) was left by a dead run (SPEC "Time")
     claim_lease: dt.timedelta = dt.timedelta(minutes=5)
     #: provider attempts across runs before a transient failure becomes manual provider_error
     max_attempts: int = 3
