@@ -314,7 +314,7 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
             "settled_sent",
             detail=f"left sending by a dead run ({why}); {known.provider} has the message",
             recipient=rec.recipient,
-            deliver_at=known.deliver_at,
+            deliver_at=_aware(rec.deliver_at) or known.deliver_at,
             provider=known.provider,
             provider_message_id=known.provider_message_id,
         )

@@ -42,6 +42,8 @@ class Settings:
     mail_from: str | None = None
     sendgrid_api_key: str | None = _secret()
     sendgrid_api_host: str = "https://api.sendgrid.com"
+    #: settle a dead run's in-flight e-mails through SendGrid's Email Activity API: off | found | full
+    sendgrid_activity_lookup: str = "off"
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_user: str | None = None
@@ -116,6 +118,7 @@ ENV_NAMES: dict[str, str] = {
     "mail_from": "DISPATCH_MAIL_FROM",
     "sendgrid_api_key": "SENDGRID_API_KEY",
     "sendgrid_api_host": "SENDGRID_API_HOST",
+    "sendgrid_activity_lookup": "SENDGRID_ACTIVITY_LOOKUP",
     "smtp_host": "SMTP_HOST",
     "smtp_port": "SMTP_PORT",
     "smtp_user": "SMTP_USER",
@@ -172,6 +175,11 @@ def _convert(name: str, raw: str) -> object:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name == "claim_lease":
         return dt.timedelta(seconds=float(raw))
+    if name == "sendgrid_activity_lookup":
+        value = raw.strip().lower()
+        if value not in ("off", "found", "full"):
+            raise DispatchError(f"SENDGRID_ACTIVITY_LOOKUP={raw!r}: expected one of off, found, full")
+        return value
     return raw
 
 
