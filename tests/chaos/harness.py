@@ -252,6 +252,14 @@ def outcome_figures(w: World, received: Counter, invoice_ids: list[str]) -> dict
     }
 
 
+TARGETS = ("duplicates", "lost", "stuck in sending", "phantom sent")
+
+
+def misses(figures: dict[str, Any]) -> dict[str, Any]:
+    """The B1/B2 figures that are not 0 (the targets): ``{}`` when all are met."""
+    return {k: figures[k] for k in TARGETS if figures[k] != 0}
+
+
 def _aid(by_invoice: dict, invoice_id: str) -> str | None:
     row = by_invoice.get(invoice_id)
     return row.action_id if row is not None else None
