@@ -191,6 +191,8 @@ class FakeSendGrid(FakeHTTPProvider):
         self, request: RecordedRequest, operation: Operation, path_params: dict[str, str]
     ) -> Reply:
         body = request.body
+        if not isinstance(body, dict):  # a client killed before its body got through
+            raise Refused([Problem("body", None, "The request body is required.", "required")])
         problems = list(self._mail_rules(body))
         if problems:
             raise Refused(problems)
