@@ -7,9 +7,11 @@ the outbox (or a provider stand-in) per action and the ``sent`` events per actio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -24,6 +26,8 @@ from dispatch.db.session import Database
 from dispatch.liveness import database_now, holder_identity
 from dispatch.runs import RunContext
 from dispatch.template_resolution import action_id_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import update
 
 from tests.builders import World, instant, open_world
@@ -363,3 +367,33 @@ def test_b1_when_the_backend_cannot_tell_a_left_sending_action_becomes_delivery_
     assert len(accepted) == len(set(accepted)) == 2  # never re-sent
     assert set(accepted) <= {action_id_for(i) for i in ids}
     assert w.view_ids("todo_invoicing") == set(ids)  # a person checks with the provider
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(min_value=1, max_value=12),
+    in_flight=st.integers(min_value=1, max_value=5),
+    survive=st.integers(min_value=0, max_value=12),
+)
+def test_property_a_kill_anywhere_costs_at_most_one_window_and_sends_the_rest_once(
+    n: int, in_flight: int, survive: int
+) -> None:
+    """Whatever the batch, the window and the point of the kill: after a re-run, every action
+    is sent or (only if it was in the window in flight) delivery_unknown; nothing twice."""
+    survive = min(survive, n)
+    with tempfile.TemporaryDirectory() as root, open_world("sqlite", Path(root)) as w:
+        setup_mail(w, n)
+        accepted: list[str] = []
+        settings_ = w.settings(DISPATCH_SEND_CONCURRENCY=str(in_flight))
+        dying = {"email": RemoteProvider(accepted, survive)}
+        with contextlib.suppress(SystemExit):
+            w.run("2026-12-02T05:00Z", channels=dying, settings=settings_)
+        w.run("2026-12-02T05:00Z", channels={"email": RemoteProvider(accepted)}, settings=settings_)
+        actions = w.actions()
+        unknown = {a["action_id"] for a in actions if a["manual_reason"] == "delivery_unknown"}
+        sent = {a["action_id"] for a in actions if a["status"] == "sent"}
+        assert len(sent) + len(unknown) == n
+        assert len(unknown) <= in_flight
+        assert len(accepted) == len(set(accepted))  # nothing twice
+        assert sent <= set(accepted)  # nothing recorded sent that the provider did not get
+        assert set(accepted) <= sent | unknown  # what the provider got is recorded, or checked
