@@ -102,6 +102,7 @@ def test_the_dispatch_connection_killed_mid_run_fails_the_run_and_the_next_compl
     record("dispatch connection killed mid-run (postgres)", {**figures, **got})
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.chaos)])
 def test_an_unreachable_accounting_source_fails_the_run_and_changes_nothing(w: World, tmp_path: Path) -> None:
     set_up(w)
     at = first_run()

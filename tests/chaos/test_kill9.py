@@ -88,7 +88,7 @@ def campaign(w: World, tmp_path: Path, *, kills: int, lookup: str, budget: float
 
 def test_a_few_kills_during_dispatch_cost_only_the_window_in_flight(w: World, tmp_path: Path) -> None:
     """The slice in ``make test``."""
-    campaign(w, tmp_path, kills=3, lookup="off", budget=120, name=f"kill -9 x3 ({w.backend}, slice)")
+    campaign(w, tmp_path, kills=2, lookup="off", budget=120, name=f"kill -9 x2 ({w.backend}, slice)")
 
 
 @pytest.mark.chaos
