@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench constraints clean
+.PHONY: install demo test test-fast lint bench chaos constraints clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: install
 
 bench: install
 	$(PY) -m dispatch.bench $(if $(N),--invoices $(N),)
+
+# Attack running pipelines from outside (kill -9, concurrent runs, provider, database and
+# disk faults) and print the figures of exactly-once / nothing-lost; bounded (~30-40 min).
+# Sizes: CHAOS_KILLS (100), CHAOS_KILLS_LOOKUP (30), CHAOS_MESSAGES (10000).
+chaos: install
+	CHAOS=1 $(PY) -m pytest -q -p no:cacheprovider tests/chaos
 
 constraints:
 	$(PIP) freeze --exclude-editable | grep -v '^invoice-dispatch' > constraints.txt

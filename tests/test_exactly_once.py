@@ -7,7 +7,11 @@ the outbox (or a provider stand-in) per action and the ``sent`` events per actio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import subprocess
+import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -17,9 +21,14 @@ import pytest
 from dispatch.channels.base import OutgoingMessage, SendResult
 from dispatch.channels.outbox import OutboxChannel
 from dispatch.claims import claim
+from dispatch.db.schema import claim_leases
 from dispatch.db.session import Database
+from dispatch.liveness import database_now, holder_identity
 from dispatch.runs import RunContext
 from dispatch.template_resolution import action_id_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
 
 from tests.builders import World, instant, open_world
 
@@ -73,7 +82,7 @@ class RemoteProvider:
     provider, channel = "remote", "email"
 
     def __init__(self, accepted: list[str], die_after: int | None = None) -> None:
-        self.accepted, self.die_after = accepted, die_after
+        self.accepted, self.die_after, self.accepted_here = accepted, die_after, 0
 
     def max_schedule_ahead(self) -> dt.timedelta | None:
         return dt.timedelta(hours=72)
@@ -81,9 +90,10 @@ class RemoteProvider:
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list:
         results = []
         for m in messages:
-            if self.die_after is not None and len(results) == self.die_after:
+            if self.die_after is not None and self.accepted_here == self.die_after:
                 raise SystemExit("worker killed after the provider accepted")
             self.accepted.append(m.action_id)
+            self.accepted_here += 1
             results.append(SendResult(m.action_id, self.provider, f"remote-{m.action_id}", m.deliver_at))
         return results
 
@@ -251,16 +261,33 @@ def test_b1_a_retried_run_with_the_same_id_never_sends_twice(w: World) -> None:
     assert {a["status"] for a in w.actions()} == {"sent"}
 
 
-def test_b1_a_claim_within_its_lease_is_left_alone_and_settled_once_the_lease_ran_out(w: World) -> None:
+def _claim_live(w: World, inv: str, as_of: str, token: str = "live_run#b0#x") -> None:
+    """A claim held by a run still working (this very process holds it, its lease is fresh)."""
+    live = RunContext.new(instant(as_of), run_id=token.split("#")[0])
+    with Database(w.dispatch).tx() as conn:
+        assert claim(conn, [action_id_for(inv)], token=token, ctx=live) == [action_id_for(inv)]
+
+
+def _age_lease(w: World, token: str, seconds: int) -> None:
+    """The claimant stopped renewing its lease ``seconds`` ago (wall clock)."""
+    with w.dispatch.begin() as conn:
+        old = database_now(conn) - dt.timedelta(seconds=seconds)
+        conn.execute(update(claim_leases).where(claim_leases.c.claim_token == token).values(heartbeat_at=old))
+
+
+def test_b1_a_live_claim_is_left_alone_by_any_as_of_and_settled_once_its_lease_is_not_renewed(
+    w: World,
+) -> None:
     (inv,) = setup_mail(w, 1, delay=1)
     w.run("2026-12-02T05:00Z")
-    live = RunContext.new(instant("2026-12-03T06:00Z"), run_id="live_run")  # a run still working
-    with Database(w.dispatch).tx() as conn:
-        assert claim(conn, [action_id_for(inv)], token="live_run#b0#x", ctx=live) == [action_id_for(inv)]
+    _claim_live(w, inv, "2026-12-03T06:00Z")
 
-    w.run("2026-12-03T06:02Z")  # two minutes later on the as-of clock: within the 5-minute lease
-    action = w.action(inv)
-    assert (action["status"], action["claim_token"]) == ("sending", "live_run#b0#x")
+    # liveness is a fact about processes: neither the same instant nor a week later on the
+    # as-of clock (a backfill or a daily run beside the live claimant) touches the claim
+    for at in ("2026-12-03T06:00Z", "2026-12-03T06:10Z", "2026-12-10T06:00Z"):
+        w.run(at)
+        action = w.action(inv)
+        assert (action["status"], action["claim_token"]) == ("sending", "live_run#b0#x"), at
     assert w.outbox_files() == []
     assert w.event_names(inv) == ["created", "claimed"]
     # nor may a person ignore it or mark it sent while it is being sent (R14: refused, exit 2)
@@ -270,10 +297,58 @@ def test_b1_a_claim_within_its_lease_is_left_alone_and_settled_once_the_lease_ra
         assert result.exit_code == 2 and "being sent" in result.stderr, result.output
     assert w.dump() == before
 
-    w.run("2026-12-03T06:10Z")  # the lease ran out: the claimer died; the outbox has no file
+    _age_lease(w, "live_run#b0#x", 60)  # renewed a minute ago: within the 5-minute lease
+    w.run("2026-12-03T06:00Z")
+    assert w.action(inv)["status"] == "sending"
+
+    _age_lease(w, "live_run#b0#x", 301)  # not renewed for longer than the lease: dead
+    w.run("2026-12-03T06:00Z")  # the same instant, re-run after the crash
     assert w.action(inv)["status"] == "sent"
     assert w.event_names(inv) == ["created", "claimed", "claim_released", "claimed", "sent"]
     assert len(w.outbox_files()) == 1
+    assert w.rows("SELECT claim_token FROM claim_leases") == []  # leases do not pile up
+
+
+def test_b1_a_claim_whose_process_is_gone_is_settled_at_once_by_a_run_of_the_same_instant(
+    w: World,
+) -> None:
+    (inv,) = setup_mail(w, 1, delay=1)
+    w.run("2026-12-02T05:00Z")
+    _claim_live(w, inv, "2026-12-03T06:00Z", token="killed#b0#x")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    holder = holder_identity().rpartition("|")[0] + "|" + gone.stdout.strip()
+    with w.dispatch.begin() as conn:
+        conn.execute(update(claim_leases).values(holder=holder))  # the claimant was kill -9'd
+
+    w.run("2026-12-03T06:00Z")  # its lease is fresh, but its process is gone from this machine
+    assert w.action(inv)["status"] == "sent"
+    released = [e for e in w.events() if e["event"] == "claim_released"]
+    assert len(released) == 1 and "process is gone" in released[0]["detail"]
+
+
+def test_b1_a_kill_leaves_unknown_only_the_window_in_flight_and_the_rest_is_sent(w: World) -> None:
+    ids = setup_mail(w, 7)
+    accepted: list[str] = []
+    settings = w.settings(DISPATCH_SEND_CONCURRENCY="2")  # windows of 2 requests
+    with pytest.raises(SystemExit):  # dies inside the second window, after one acceptance
+        w.run("2026-12-02T05:00Z", channels={"email": RemoteProvider(accepted, 3)}, settings=settings)
+    assert len(accepted) == 3
+    handing = w.rows(
+        "SELECT action_id FROM invoice_actions WHERE handover_at IS NOT NULL AND status = 'sending'"
+    )
+    assert len(handing) == 2  # one write per window recorded which two were going out
+
+    w.run("2026-12-02T05:00Z", channels={"email": RemoteProvider(accepted)}, settings=settings)
+    by_status = Counter((a["status"], a["manual_reason"]) for a in w.actions())
+    assert by_status == Counter({("sent", None): 5, ("manual", "delivery_unknown"): 2})
+    assert len(accepted) == len(set(accepted)) == 6  # the window's unknown one was not re-sent
+    unknown = [a for a in w.actions() if a["status"] == "manual"]
+    for a in unknown:  # whom it was going to and when, for the person who checks
+        assert a["recipient"] and a["deliver_at"] == instant("2026-12-02T05:00Z")
+    assert sent_events(w) == Counter({a["action_id"]: 1 for a in w.actions() if a["status"] == "sent"})
+    assert set(accepted) <= {action_id_for(i) for i in ids}
 
 
 def test_b1_when_the_backend_cannot_tell_a_left_sending_action_becomes_delivery_unknown(w: World) -> None:
@@ -292,3 +367,33 @@ def test_b1_when_the_backend_cannot_tell_a_left_sending_action_becomes_delivery_
     assert len(accepted) == len(set(accepted)) == 2  # never re-sent
     assert set(accepted) <= {action_id_for(i) for i in ids}
     assert w.view_ids("todo_invoicing") == set(ids)  # a person checks with the provider
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(min_value=1, max_value=12),
+    in_flight=st.integers(min_value=1, max_value=5),
+    survive=st.integers(min_value=0, max_value=12),
+)
+def test_property_a_kill_anywhere_costs_at_most_one_window_and_sends_the_rest_once(
+    n: int, in_flight: int, survive: int
+) -> None:
+    """Whatever the batch, the window and the point of the kill: after a re-run, every action
+    is sent or (only if it was in the window in flight) delivery_unknown; nothing twice."""
+    survive = min(survive, n)
+    with tempfile.TemporaryDirectory() as root, open_world("sqlite", Path(root)) as w:
+        setup_mail(w, n)
+        accepted: list[str] = []
+        settings_ = w.settings(DISPATCH_SEND_CONCURRENCY=str(in_flight))
+        dying = {"email": RemoteProvider(accepted, survive)}
+        with contextlib.suppress(SystemExit):
+            w.run("2026-12-02T05:00Z", channels=dying, settings=settings_)
+        w.run("2026-12-02T05:00Z", channels={"email": RemoteProvider(accepted)}, settings=settings_)
+        actions = w.actions()
+        unknown = {a["action_id"] for a in actions if a["manual_reason"] == "delivery_unknown"}
+        sent = {a["action_id"] for a in actions if a["status"] == "sent"}
+        assert len(sent) + len(unknown) == n
+        assert len(unknown) <= in_flight
+        assert len(accepted) == len(set(accepted))  # nothing twice
+        assert sent <= set(accepted)  # nothing recorded sent that the provider did not get
+        assert set(accepted) <= sent | unknown  # what the provider got is recorded, or checked

@@ -3,13 +3,19 @@ record — in that order, so that a crash at any point leaves a state the next r
 without sending anything twice (SPEC B1):
 
 * dies before the claim: nothing happened; the actions are still ``scheduled``;
-* dies after the claim, before or during the hand-over: the actions stay ``sending`` until
-  the lease runs out (or the run is marked failed, or the task's next try starts), then
-  are settled — the outbox knows whether its file exists; other providers cannot tell, so
-  the action goes to a person as ``delivery_unknown``;
-* dies after the hand-over, before recording: same as above; never re-sent blindly.
+* dies after the claim: the actions stay ``sending`` until the claimant is known dead (its
+  process is gone from this machine, its lease was not renewed on the wall clock, its run is
+  recorded failed, or the task's next try starts), whatever the as-of instant of the run that
+  finds them. Then the actions outside the recorded hand-over window go back to
+  ``scheduled`` and that run sends them; those of the window in flight are settled by the
+  channel where it can tell (the outbox's file, the print API's and SendGrid's look-ups),
+  else they go to a person as ``delivery_unknown`` — never re-sent blindly.
 
-Outcomes are recorded after every chunk of messages, which keeps that window small.
+Messages go out in windows of ``DISPATCH_SEND_CONCURRENCY`` (the requests in flight; the
+embedded outbox, which settles from its files, takes larger ones). Before a window goes out,
+one transaction records the previous window's outcomes, marks the window's actions as being
+handed over and renews the claim's lease (:func:`dispatch.claims.mark_handover`): no write
+per message, and at any moment at most one window is uncertain.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from sqlalchemy import and_
 
 from dispatch import source
 from dispatch.channels.base import Channel, ChannelError, FatalChannelError, SendResult, TransientError
-from dispatch.claims import claim, new_token, release, settle_abandoned, token_prefix
+from dispatch.claims import (
+    claim,
+    end_lease,
+    mark_handover,
+    new_token,
+    release,
+    settle_abandoned,
+    token_prefix,
+)
 from dispatch.db.bulk import update_rows
 from dispatch.db.schema import invoice_actions
 from dispatch.db.session import Database
@@ -36,6 +50,16 @@ from dispatch.settings import Settings
 
 log = logging.getLogger(__name__)
 SEND_CHUNK = 100
+#: backends that can tell afterwards, for every message, whether they have it: a window of
+#: theirs in flight at a crash costs no person a check, so their windows may be larger
+SELF_SETTLING = frozenset({"outbox"})
+
+
+def window_size(channel: Channel, settings: Settings) -> int:
+    """How many messages go to ``channel`` between two records (the requests in flight)."""
+    if channel.provider in SELF_SETTLING:
+        return SEND_CHUNK
+    return max(1, min(settings.send_concurrency, SEND_CHUNK))
 
 
 @dataclass
@@ -141,35 +165,63 @@ def send_claimed(
     for m in prepared.messages:
         by_channel.setdefault(m.channel, []).append(m)
     done: set[str] = set()
-    for channel_name, msgs in by_channel.items():
-        channel = channels[channel_name]
-        for start in range(0, len(msgs), SEND_CHUNK):
-            chunk = msgs[start : start + SEND_CHUNK]
-            try:
-                results = channel.send_many(chunk)
-            except FatalChannelError as exc:
-                # A bad key or host must not turn a day's invoices into manual tasks: record
-                # what the provider did accept before the stop, give every other claim back
-                # untouched, and fail loudly.
-                partial = [
-                    _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
-                    for m, r in zip(chunk, exc.results or [None] * len(chunk), strict=True)
-                    if r is not None
-                ]
-                done.update(o.action_id for o in partial)
-                pending = [m.action_id for m in prepared.messages if m.action_id not in done]
+    answered: list[Outcome] = []  # the previous window's outcomes, recorded with the next mark
+
+    def record(conn) -> None:  # type: ignore[no-untyped-def]
+        counts.update(apply_outcomes(conn, answered, token=token, at=ctx.as_of, run_id=ctx.run_id))
+        done.update(o.action_id for o in answered)
+        answered.clear()
+
+    try:
+        for channel_name, msgs in by_channel.items():
+            channel = channels[channel_name]
+            size = window_size(channel, settings)
+            for start in range(0, len(msgs), size):
+                window = msgs[start : start + size]
                 with db.tx() as conn:
-                    counts.update(apply_outcomes(conn, partial, token=token, at=ctx.as_of, run_id=ctx.run_id))
-                    release(conn, pending, token=token, ctx=ctx, why=f"{channel.provider}: {exc}")
-                raise
-            outcomes = [
-                _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
-                for m, r in zip(chunk, results, strict=True)
-            ]
-            with db.tx() as conn:
-                counts.update(apply_outcomes(conn, outcomes, token=token, at=ctx.as_of, run_id=ctx.run_id))
-            done.update(m.action_id for m in chunk)
+                    record(conn)
+                    ours = mark_handover(conn, [m.action_id for m in window], token=token)
+                # an action no longer ours was settled by a run that thought us dead: never send it
+                window = [m for m in window if m.action_id in ours]
+                if not window:
+                    continue
+                try:
+                    results = channel.send_many(window)
+                except FatalChannelError as exc:
+                    # A bad key or host must not turn a day's invoices into manual tasks: record
+                    # what the provider did accept before the stop, give every other claim back
+                    # untouched, and fail loudly.
+                    answered.extend(
+                        _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
+                        for m, r in zip(window, exc.results or [None] * len(window), strict=True)
+                        if r is not None
+                    )
+                    with db.tx() as conn:
+                        record(conn)
+                        pending = [m.action_id for m in prepared.messages if m.action_id not in done]
+                        release(conn, pending, token=token, ctx=ctx, why=f"{channel.provider}: {exc}")
+                    raise
+                answered.extend(
+                    _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
+                    for m, r in zip(window, results, strict=True)
+                )
+    except BaseException:
+        # This claimant stops here: say so, so that whoever finds its claims settles them now
+        # rather than when the lease runs out (best effort: the lease covers the rest).
+        _drop_lease(db, token)
+        raise
+    with db.tx() as conn:
+        record(conn)
+        end_lease(conn, token)
     return counts
+
+
+def _drop_lease(db: Database, token: str) -> None:
+    try:
+        with db.tx() as conn:
+            end_lease(conn, token)
+    except Exception:  # the database may be what failed
+        log.warning("could not end the lease of claim %s; it runs out on its own", token)
 
 
 def _outcome(

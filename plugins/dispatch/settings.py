@@ -48,6 +48,8 @@ class Settings:
     mail_from: str | None = None
     sendgrid_api_key: str | None = _secret()
     sendgrid_api_host: str = "https://api.sendgrid.com"
+    #: settle a dead run's in-flight e-mails through SendGrid's Email Activity API: off | found | full
+    sendgrid_activity_lookup: str = "off"
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_user: str | None = None
@@ -71,7 +73,7 @@ class Settings:
     printapi_default_country: str | None = None
     #: how many actions one claim takes (and one mapped task sends)
     batch_size: int = 500
-    #: a claim older than this on the as-of clock was left by a dead run (SPEC "Time")
+    #: a claim whose lease was not renewed for this long (wall clock) was left by a dead run (SPEC "Time")
     claim_lease: dt.timedelta = dt.timedelta(minutes=5)
     #: provider attempts across runs before a transient failure becomes manual provider_error
     max_attempts: int = 3
@@ -124,6 +126,7 @@ ENV_NAMES: dict[str, str] = {
     "mail_from": "DISPATCH_MAIL_FROM",
     "sendgrid_api_key": "SENDGRID_API_KEY",
     "sendgrid_api_host": "SENDGRID_API_HOST",
+    "sendgrid_activity_lookup": "SENDGRID_ACTIVITY_LOOKUP",
     "smtp_host": "SMTP_HOST",
     "smtp_port": "SMTP_PORT",
     "smtp_user": "SMTP_USER",
@@ -258,6 +261,11 @@ def _convert(name: str, raw: str) -> object:
         return BOOL_WORDS[word]
     if name in HTTP_URL_SETTINGS:
         return _http_url(name, raw)
+    if name == "sendgrid_activity_lookup":
+        value = raw.strip().lower()
+        if value not in ("off", "found", "full"):
+            raise DispatchError(f"SENDGRID_ACTIVITY_LOOKUP={_shown(raw)}: expected one of off, found, full")
+        return value
     return raw
 
 

@@ -79,6 +79,10 @@ PROVIDER = "sendgrid"
 MAX_SCHEDULE_AHEAD = dt.timedelta(hours=72)
 CATEGORY = "invoice"
 MAIL_SEND_PATH = "/v3/mail/send"
+ACTIVITY_PATH = "/v3/messages"
+#: SENDGRID_ACTIVITY_LOOKUP: "off" never asks; "found" settles a message SendGrid lists as
+#: sent and leaves the others to a person; "full" also sends again one SendGrid does not list
+ACTIVITY_LOOKUPS = ("off", "found", "full")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_IN_FLIGHT = 16
 #: Connecting is quick or hopeless; waiting for an answer may legitimately take longer.
@@ -312,6 +316,38 @@ def build_mail_body(
     return body
 
 
+# --- settling a message a dead run left in flight -------------------------------------------
+
+
+def look_up_action(api: SendGridApi, action_id: str) -> SendResult | bool | None:
+    """Whether SendGrid has a message for ``action_id``, through the Email Activity API
+    (``GET /v3/messages`` filtered on the ``action_id`` custom arg every message carries).
+
+    A listed message is SendGrid's word that it accepted it: sent, with its message id. No
+    listed message is ``False`` — but SendGrid lists a message only once it processed it
+    (seconds to minutes), so the channel trusts that answer only when told to ("full").
+    The API needs the Email Activity add-on: any failure to ask (403, 404, a timeout) is
+    ``None``, "cannot tell".
+    """
+    query = f"unique_args['action_id']=\"{action_id}\""
+    try:
+        response = api.request("GET", ACTIVITY_PATH, params={"query": query, "limit": 10})
+        messages = response.json().get("messages") or []
+    except (ChannelError, ValueError, AttributeError) as exc:
+        log.warning("SendGrid activity look-up for %s failed: %s", action_id, exc)
+        return None
+    if not messages:
+        return False
+    msg_id = str(messages[0].get("msg_id") or "")
+    return SendResult(
+        action_id=action_id,
+        provider=PROVIDER,
+        provider_message_id=msg_id.split(".", 1)[0],  # the X-Message-Id is msg_id's first part
+        deliver_at=api.now(),
+        note="found through SendGrid's Email Activity API after the run that sent it died",
+    )
+
+
 # --- the channel ------------------------------------------------------------------------------
 
 
@@ -329,7 +365,13 @@ class SendGridChannel:
         max_in_flight: int = DEFAULT_IN_FLIGHT,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
+        activity_lookup: str = "off",
     ) -> None:
+        if activity_lookup not in ACTIVITY_LOOKUPS:
+            raise DispatchError(
+                f"SENDGRID_ACTIVITY_LOOKUP={activity_lookup!r}: expected one of {', '.join(ACTIVITY_LOOKUPS)}"
+            )
+        self.activity_lookup = activity_lookup
         self.api = api
         self.default_sender = default_sender
         self.max_in_flight = max(1, max_in_flight)
@@ -390,8 +432,14 @@ class SendGridChannel:
         )
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
-        """SendGrid cannot be asked whether it has a message (no idempotency key): unknown."""
-        return None
+        """For an action a dead run left in flight: ask the Email Activity API (when enabled)
+        for a message carrying its ``action_id`` custom arg (:func:`look_up_action`)."""
+        if self.activity_lookup == "off":
+            return None
+        found = look_up_action(self.api, action_id)
+        if found is False and self.activity_lookup != "full":
+            return None
+        return found
 
     def close(self) -> None:
         self.api.close()
@@ -411,4 +459,9 @@ def from_settings(settings: Settings, channel: str) -> SendGridChannel:
         timeout=settings.http_timeout,
         max_connections=in_flight,
     )
-    return SendGridChannel(api, default_sender=settings.mail_from, max_in_flight=in_flight)
+    return SendGridChannel(
+        api,
+        default_sender=settings.mail_from,
+        max_in_flight=in_flight,
+        activity_lookup=settings.sendgrid_activity_lookup,
+    )

@@ -230,6 +230,9 @@ invoice_actions = Table(
     Column("claimed_by_run", String(64)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # set (database clock) just before the action's window of requests goes to the provider:
+    # a dead claim's action without it was provably never handed over (SPEC "Time")
+    Column("handover_at", UTCDateTime),
     CheckConstraint(_in("status", ACTION_STATUSES), name="status"),
     CheckConstraint(_in("manual_reason", MANUAL_REASONS, nullable=True), name="manual_reason"),
     CheckConstraint(_in("channel", CHANNELS), name="channel"),
@@ -288,6 +291,18 @@ watermarks = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", UTCDateTime, nullable=False),
+)
+
+# One row per claim token: who holds it and when it last said it was alive, on the
+# database's clock (SPEC "Time": liveness is a fact about processes, not the as-of clock).
+claim_leases = Table(
+    "claim_leases",
+    metadata,
+    Column("claim_token", String(96), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("holder", String(255), nullable=False),  # host|boot id|pid namespace|pid
+    Column("claimed_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
 )
 
 # Due sends of a run, in batches: compute_due writes them, each dispatch batch reads its own.
