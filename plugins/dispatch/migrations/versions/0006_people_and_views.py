@@ -1,7 +1,7 @@
 """who did it, which template went out, and the analysts' views
 
 Revision ID: 0006
-Revises: 0002 (on this branch main already has 0002; the lead re-chains)
+Revises: 0003 (after main's 0003; the lead re-chains if needed)
 Create Date: 2026-12-01
 
 * ``action_events.actor``: the person behind an event (``ignored``, ``marked_sent``,
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
