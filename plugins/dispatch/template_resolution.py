@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Connection, func, select
 
-from dispatch.db.bulk import dialect_insert, frame_records
+from dispatch.db.bulk import append_rows, insert_ignore
 from dispatch.db.schema import (
+    action_events,
     customer_plans,
     invoice_actions,
     invoice_templates,
@@ -25,7 +26,6 @@ from dispatch.db.schema import (
     plans,
 )
 from dispatch.db.session import Database
-from dispatch.events import record_events
 from dispatch.runs import RunContext
 from dispatch.scheduling import scheduled_instants
 
@@ -46,10 +46,21 @@ class ResolveSummary:
         return self.__dict__.copy()
 
 
-def _candidates(conn: Connection) -> pd.DataFrame:
-    has_action = select(invoice_actions.c.invoice_id).where(
-        invoice_actions.c.invoice_id == invoices.c.invoice_id
+#: Invoices resolved per chunk: memory stays flat whatever the number of new invoices.
+CHUNK_ROWS = 50_000
+
+
+def _has_action():  # type: ignore[no-untyped-def]
+    return (
+        select(invoice_actions.c.invoice_id)
+        .where(invoice_actions.c.invoice_id == invoices.c.invoice_id)
+        .exists()
     )
+
+
+def _candidates(conn: Connection, after: str | None, limit: int) -> pd.DataFrame:
+    """The next ``limit`` to-send invoices without an action, in invoice order after ``after``
+    (keyset pages: each page starts where the last ended, through the primary key)."""
     stmt = (
         select(
             invoices.c.invoice_id,
@@ -72,73 +83,81 @@ def _candidates(conn: Connection) -> pd.DataFrame:
         .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
         .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
         .join(organizations, organizations.c.org_id == invoices.c.org_id)
-        .where(invoices.c.sending_status == "to_send", ~has_action.exists())
+        .where(invoices.c.sending_status == "to_send", ~_has_action())
         .order_by(invoices.c.invoice_id)
+        .limit(limit)
     )
+    if after is not None:
+        stmt = stmt.where(invoices.c.invoice_id > after)
     return pd.read_sql(stmt, conn)
 
 
-def resolve_templates(db: Database, ctx: RunContext) -> ResolveSummary:
+def _actions(cand: pd.DataFrame, ctx: RunContext) -> pd.DataFrame:
+    cand["first_seen_at"] = pd.to_datetime(cand["first_seen_at"], utc=True)
+    sched = scheduled_instants(cand)
+    actions = pd.DataFrame(
+        {
+            "action_id": cand["invoice_id"].map(action_id_for),
+            "invoice_id": cand["invoice_id"],
+            "org_id": cand["org_id"],
+            "plan_id": cand["plan_id"],
+            "template_id": cand["template_id"],
+            "channel": cand["channel"],
+            "automatic": cand["automatic"].astype(bool),
+            "owner_user_id": cand["owner_user_id"],
+            "scheduled_for": pd.to_datetime(sched["scheduled_for"], utc=True),
+            "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
+        }
+    )
+    return actions.assign(status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of)
+
+
+def _created_events(actions: pd.DataFrame, created: list[tuple], ctx: RunContext) -> pd.DataFrame:
+    """One ``created`` event per action actually inserted (a concurrent run's are not ours)."""
+    described = (
+        "template "
+        + actions["template_id"]
+        + ", "
+        + actions["channel"]
+        + ", "
+        + actions["automatic"].map({True: "automatic", False: "manual"})
+        + ", scheduled for "
+        + actions["scheduled_for"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    events = pd.DataFrame(
+        {"action_id": actions["action_id"], "invoice_id": actions["invoice_id"], "detail": described}
+    )
+    if len(created) != len(actions):
+        events = events[events["action_id"].isin([a for a, _ in created])]
+    return events.assign(at=ctx.as_of, event="created", run_id=ctx.run_id)
+
+
+def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int = CHUNK_ROWS) -> ResolveSummary:
+    """Create the missing actions, one keyset page of invoices at a time, in one transaction."""
     summary = ResolveSummary()
     with db.tx() as conn:
-        cand = _candidates(conn)
-        if not cand.empty:
-            cand["first_seen_at"] = pd.to_datetime(cand["first_seen_at"], utc=True)
-            sched = scheduled_instants(cand)
-            actions = pd.DataFrame(
-                {
-                    "action_id": cand["invoice_id"].map(action_id_for),
-                    "invoice_id": cand["invoice_id"],
-                    "org_id": cand["org_id"],
-                    "plan_id": cand["plan_id"],
-                    "template_id": cand["template_id"],
-                    "channel": cand["channel"],
-                    "automatic": cand["automatic"].astype(bool),
-                    "owner_user_id": cand["owner_user_id"],
-                    "scheduled_for": pd.to_datetime(sched["scheduled_for"], utc=True),
-                    "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
-                }
+        after: str | None = None
+        while True:
+            cand = _candidates(conn, after, chunk_rows)
+            if cand.empty:
+                break
+            after = str(cand["invoice_id"].iloc[-1])
+            actions = _actions(cand, ctx)
+            created = (
+                insert_ignore(
+                    conn, invoice_actions, actions, ["invoice_id"], returning=["action_id", "invoice_id"]
+                )
+                or []
             )
-            actions = actions.assign(
-                status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of
-            )
-            rows = frame_records(actions)
-            stmt = (
-                dialect_insert(conn, invoice_actions)
-                .on_conflict_do_nothing(index_elements=["invoice_id"])
-                .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
-            )
-            created = conn.execute(stmt, rows).all()
-            described = (
-                "template "
-                + actions["template_id"]
-                + ", "
-                + actions["channel"]
-                + ", "
-                + actions["automatic"].map({True: "automatic", False: "manual"})
-                + ", scheduled for "
-                + actions["scheduled_for"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-            )
-            details = dict(zip(actions["action_id"], described, strict=True))
-            record_events(
-                conn,
-                [(a, i) for a, i in created],
-                event="created",
-                at=ctx.as_of,
-                run_id=ctx.run_id,
-                details=details,
-            )
-            summary.created = len(created)
+            append_rows(conn, action_events, _created_events(actions, created, ctx))
+            summary.created += len(created)
+            if len(cand) < chunk_rows:
+                break
         summary.without_template = int(
             conn.execute(
                 select(func.count())
                 .select_from(invoices)
-                .where(
-                    invoices.c.sending_status == "to_send",
-                    ~select(invoice_actions.c.invoice_id)
-                    .where(invoice_actions.c.invoice_id == invoices.c.invoice_id)
-                    .exists(),
-                )
+                .where(invoices.c.sending_status == "to_send", ~_has_action())
             ).scalar()
             or 0
         )
