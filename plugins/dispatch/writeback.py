@@ -62,27 +62,40 @@ OUTCOMES = (
 
 
 def outcome_totals(conn: Connection) -> dict[str, int]:
-    """Every imported invoice in exactly one outcome (SPEC B2), plus rejected rows."""
-    status_of_action = select(A.c.status).where(A.c.invoice_id == invoices.c.invoice_id).scalar_subquery()
-    category = case(
-        (
-            and_(invoices.c.sending_status == "sent", invoices.c.sent_how.in_(("ignored", "marked_sent"))),
-            literal("ignored_or_marked_sent"),
-        ),
-        (invoices.c.sending_status == "sent", literal("sent")),
-        (invoices.c.sending_status == "cancelled", literal("cancelled")),
-        (
-            or_(invoices.c.sending_status == "not_required", invoices.c.sending_status.is_(None)),
-            literal("not_required"),
-        ),
-        (status_of_action == "manual", literal("manual")),
-        (status_of_action.in_(("scheduled", "sending")), literal("scheduled")),
-        (status_of_action.is_(None), literal("without_template")),
+    """Every imported invoice in exactly one outcome (SPEC B2), plus rejected rows.
+
+    Two aggregates, neither of which reads invoice rows into Python: the settled invoices
+    (everything but ``to_send``) are counted per (sending_status, sent_how) from the index on
+    those two columns alone (an index-only count), and only the open ``to_send`` invoices —
+    the ones still moving — are joined to their action."""
+    totals = {k: 0 for k in OUTCOMES}
+    settled = conn.execute(
+        select(invoices.c.sending_status, invoices.c.sent_how, func.count())
+        .where(or_(invoices.c.sending_status != "to_send", invoices.c.sending_status.is_(None)))
+        .group_by(invoices.c.sending_status, invoices.c.sent_how)
+    ).all()
+    for status, how, n in settled:
+        if status == "sent":
+            key = "ignored_or_marked_sent" if how in ("ignored", "marked_sent") else "sent"
+        elif status == "cancelled":
+            key = "cancelled"
+        else:  # not_required, or not yet tagged
+            key = "not_required"
+        totals[key] += int(n)
+    open_category = case(
+        (A.c.status == "manual", literal("manual")),
+        (A.c.status.in_(("scheduled", "sending")), literal("scheduled")),
+        (A.c.status.is_(None), literal("without_template")),
         else_=literal("sent"),  # action settled, invoice synced by the next write-back
     ).label("outcome")
-    rows = conn.execute(select(category, func.count()).group_by(category)).all()
-    totals = {k: 0 for k in OUTCOMES}
-    totals.update({str(k): int(v) for k, v in rows})
+    opened = conn.execute(
+        select(open_category, func.count())
+        .select_from(invoices.outerjoin(A, A.c.invoice_id == invoices.c.invoice_id))
+        .where(invoices.c.sending_status == "to_send")
+        .group_by(open_category)
+    ).all()
+    for key, n in opened:
+        totals[str(key)] += int(n)
     totals["imported"] = sum(totals[k] for k in OUTCOMES)
     never_imported = ~exists().where(invoices.c.invoice_id == rejected_invoices.c.invoice_id)
     totals["rejected"] = int(

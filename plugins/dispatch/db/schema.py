@@ -199,6 +199,8 @@ invoices = Table(
     Index(None, "org_id", "number"),
     Index(None, "sending_status"),
     Index(None, "customer_id"),
+    Index(None, "first_seen_run_id"),  # what a run imported (0003)
+    Index(None, "sending_status", "sent_how"),  # outcome totals, index-only (0003)
 )
 
 invoice_actions = Table(
@@ -246,6 +248,7 @@ action_events = Table(
     Column("detail", Text),
     Column("run_id", String(64)),
     Index(None, "action_id"),
+    Index(None, "run_id", "event"),  # a run's counts read its own events (0003)
 )
 
 rejected_invoices = Table(
@@ -261,6 +264,7 @@ rejected_invoices = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("row_hash", String(64), nullable=False),
     UniqueConstraint("row_hash", "reason"),
+    Index(None, "run_id"),  # 0003
 )
 
 dispatch_runs = Table(

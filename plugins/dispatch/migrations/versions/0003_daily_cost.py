@@ -1,0 +1,38 @@
+"""daily cost: indexes that let a day's run touch only the day's rows
+
+Revision ID: 0003
+Revises: 0001
+Create Date: 2026-12-01
+
+* ``action_events (run_id, event)``: a run's counts read its own events, not the log's history;
+* ``invoices (first_seen_run_id)``: the invoices a run imported (tag counts, run counts);
+* ``invoices (sending_status, sent_how)``: the run's outcome totals are an index-only
+  aggregate, never a scan of the invoice rows into Python;
+* ``rejected_invoices (run_id)``: the rows a run rejected.
+
+Plain indexes: no table is rebuilt and the views that depend on the tables stay as they are.
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+INDEXES = (
+    ("action_events", "ix_action_events_run_id_event", ["run_id", "event"]),
+    ("invoices", "ix_invoices_first_seen_run_id", ["first_seen_run_id"]),
+    ("invoices", "ix_invoices_sending_status_sent_how", ["sending_status", "sent_how"]),
+    ("rejected_invoices", "ix_rejected_invoices_run_id", ["run_id"]),
+)
+
+
+def upgrade() -> None:
+    for table, name, columns in INDEXES:
+        op.create_index(name, table, columns, unique=False)
+
+
+def downgrade() -> None:
+    for table, name, _columns in reversed(INDEXES):
+        op.drop_index(name, table_name=table)
