@@ -146,11 +146,12 @@ def compute_due_sends(
     settings: Settings,
     *,
     max_batches: int = DEFAULT_MAX_BATCHES,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> DueSummary:
     """Stage the run's due sends in batches (``due_sends``); manual templates whose day has
     come enter the to-do list. Reads only the actions that may be due (see
     :func:`scheduled_actions`), a page at a time."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     summary = DueSummary()
     summary.settled = settle_abandoned(db, ctx, channels, settings.claim_lease)
     rules = capabilities(channels)

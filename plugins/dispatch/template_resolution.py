@@ -132,8 +132,9 @@ def _created_events(actions: pd.DataFrame, created: list[tuple], ctx: RunContext
     return events.assign(at=ctx.as_of, event="created", run_id=ctx.run_id)
 
 
-def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int = CHUNK_ROWS) -> ResolveSummary:
+def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None = None) -> ResolveSummary:
     """Create the missing actions, one keyset page of invoices at a time, in one transaction."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ResolveSummary()
     with db.tx() as conn:
         after: str | None = None
