@@ -79,7 +79,7 @@ MAX_SCHEDULE_AHEAD = dt.timedelta(hours=72)
 CATEGORY = "invoice"
 MAIL_SEND_PATH = "/v3/mail/send"
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_IN_FLIGHT = 16
+DEFAULT_IN_FLIGHT = 128  # the bound (DISPATCH_SEND_CONCURRENCY); the window adapts below it
 #: Connecting is quick or hopeless; waiting for an answer may legitimately take longer.
 CONNECT_TIMEOUT = 10.0
 _MAX_REASON = 500
