@@ -30,6 +30,7 @@ import argparse
 import cProfile
 import datetime as dt
 import json
+import logging
 import os
 import resource
 import shutil
@@ -344,6 +345,7 @@ def _figures_to_json(fig: RunFigures) -> dict:
 
 def child_main(spec_json: str) -> int:
     """``--child-run SPEC``: one timed run; prints its figures as one JSON line."""
+    logging.disable(logging.INFO)  # the stages' progress lines would mix with the JSON
     spec = RunSpec(**json.loads(spec_json))
     environ = {
         "DISPATCH_DB_URL": spec.dispatch_url,
@@ -770,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.child_run:
         return child_main(args.child_run)
+    logging.disable(logging.INFO)  # progress lines of the stages (and alembic's) would drown the tables
     if args.invoices < 1 or args.new < 1 or args.dispatch_messages < 1 or args.letters < 0:
         print("--invoices, --new and --dispatch-messages must be at least 1", file=sys.stderr)
         return 2

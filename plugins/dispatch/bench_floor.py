@@ -6,8 +6,9 @@
   pipeline can import and plan invoices faster than it can copy them.
 * :func:`email_floor` — the fastest one process can produce the same e-mails with no
   database at all: render the template (Jinja2's sandbox, compiled once), build the MIME
-  message with the standard library, write the file durably (temporary file, fsync, link,
-  directory fsync — the outbox's own :func:`dispatch.channels.outbox.write_once`).
+  message with the standard library (the same headers and parts as the outbox's), write the
+  file durably (temporary file, fsync, link, and the directory fsynced once per chunk of
+  messages, as the outbox does — :func:`dispatch.channels.outbox.write_once`).
 * :func:`letter_floor` — the same for letters: the PDF built by
   :func:`dispatch.letters.letter_for_message`, written durably.
 """
@@ -18,6 +19,7 @@ import datetime as dt
 import shutil
 import time
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -29,8 +31,9 @@ import sqlalchemy as sa
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatch.channels.base import OutgoingMessage
-from dispatch.channels.outbox import write_once
+from dispatch.channels.outbox import _fsync_directory, write_once
 from dispatch.db.engine import make_engine
+from dispatch.dispatcher import SEND_CHUNK
 from dispatch.letters import letter_for_message
 
 LIMIT_TABLES = (
@@ -159,23 +162,35 @@ def email_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     compiled: dict[str, object] = {}
     rows = list(frame.itertuples(index=False))
     started = time.perf_counter()
-    for r, ctx in zip(rows, contexts, strict=True):
-        subject_t = compiled.get("s" + r.subject) or compiled.setdefault(
-            "s" + r.subject, env.from_string(r.subject)
-        )
-        body_t = compiled.get("b" + r.body) or compiled.setdefault("b" + r.body, env.from_string(r.body))
+    for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
+        for source in (r.subject, r.body):
+            if source not in compiled:  # each template compiled once, as the pipeline caches them
+                compiled[source] = env.from_string(source)
+        subject_t, body_t = compiled[r.subject], compiled[r.body]
         subject, body = subject_t.render(ctx), body_t.render(ctx)  # type: ignore[attr-defined]
-        msg = EmailMessage(policy=SMTP)
-        msg["From"] = r.mail_from
+        msg = EmailMessage(policy=SMTP)  # the headers the outbox writes, set directly
+        msg["From"] = Address(r.org_name, addr_spec=r.mail_from)
         msg["To"] = r.recipient
         msg["Subject"] = subject
         msg["Date"] = format_datetime(r.deliver_at.to_pydatetime())
         msg["Message-ID"] = f"<{r.action_id}@floor.invalid>"
         msg["X-Deliver-At"] = r.deliver_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        msg["X-Invoice-Dispatch-Action"] = r.action_id
+        msg["X-Invoice-Dispatch-Invoice"] = r.invoice_id
+        msg["X-Invoice-Dispatch-Org"] = r.org_id
         msg.set_content(body)
         msg.add_alternative(f"<p>{escape(body)}</p>", subtype="html")
-        write_once(out_dir / f"{r.action_id}.eml", msg.as_bytes())
+        _durably(out_dir, f"{r.action_id}.eml", msg.as_bytes(), i, len(rows))
     return Floor(len(rows), time.perf_counter() - started)
+
+
+def _durably(folder: Path, name: str, content: bytes, written: int, total: int) -> None:
+    """The outbox's durable write: the file fsynced and linked into place; the directory
+    fsynced once per :data:`dispatch.dispatcher.SEND_CHUNK` files (as the outbox does per
+    chunk) and after the last. ``written`` counts the files so far, this one included."""
+    write_once(folder / name, content, sync_directory=False)
+    if written % SEND_CHUNK == 0 or written == total:
+        _fsync_directory(folder)
 
 
 def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
@@ -187,7 +202,7 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     rows = list(frame.itertuples(index=False))
     compiled: dict[str, object] = {}
     started = time.perf_counter()
-    for r, ctx in zip(rows, contexts, strict=True):
+    for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
         if r.body not in compiled:
             compiled[r.body] = env.from_string(r.body)
         body_t = compiled[r.body]
@@ -201,5 +216,5 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
             body_text=body_t.render(ctx),  # type: ignore[attr-defined]
             sender_name=r.org_name,
         )
-        write_once(out_dir / f"{r.action_id}.pdf", letter_for_message(message))
+        _durably(out_dir, f"{r.action_id}.pdf", letter_for_message(message), i, len(rows))
     return Floor(len(rows), time.perf_counter() - started)

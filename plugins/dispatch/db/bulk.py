@@ -34,6 +34,7 @@ COPY_MIN_ROWS = 200
 #: PostgreSQL's text COPY spelling of NULL; real backslashes are escaped, so no value collides.
 _NULL = "\\N"
 _ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+_NEEDS_ESCAPE = r"[\\\t\n\r]"
 _stage_names = itertools.count()
 
 Rows = list[dict[str, Any]] | pd.DataFrame
@@ -99,8 +100,10 @@ def _copy_text(target: Table, frame: pd.DataFrame) -> str:
                 text = col.map({True: "t", False: "f"})
             else:
                 text = text.astype("string")
-                for plain, escaped in _ESCAPES:
-                    text = text.str.replace(plain, escaped, regex=False)
+                # one pass to find the rare values COPY must escape; most columns have none
+                if text.str.contains(_NEEDS_ESCAPE, regex=True).any():
+                    for plain, escaped in _ESCAPES:
+                        text = text.str.replace(plain, escaped, regex=False)
             col = text.where(~missing, None)
         out[str(name)] = col
     return pd.DataFrame(out).to_csv(
