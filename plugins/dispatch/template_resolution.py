@@ -5,6 +5,10 @@ the accounting system (R7) — never the parent's: a child without a plan gets n
 (R8) and its invoice stays listed by ``invoices_without_template`` until a plan is
 assigned; the next run then creates the action. The action is scheduled at creation
 (SPEC "Time") and keeps its template version for good.
+
+The invoices to resolve come from the template queue (``template_queue``, filled by tag):
+the day's new to-send invoices and the few still without template, never a search for
+missing actions across every to-send invoice of the history.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, or_, select
 
 from dispatch.db.bulk import append_rows, insert_ignore
 from dispatch.db.schema import (
@@ -24,6 +28,7 @@ from dispatch.db.schema import (
     invoices,
     organizations,
     plans,
+    template_queue,
 )
 from dispatch.db.session import Database
 from dispatch.runs import RunContext
@@ -59,8 +64,8 @@ def _has_action():  # type: ignore[no-untyped-def]
 
 
 def _candidates(conn: Connection, after: str | None, limit: int) -> pd.DataFrame:
-    """The next ``limit`` to-send invoices without an action, in invoice order after ``after``
-    (keyset pages: each page starts where the last ended, through the primary key)."""
+    """The next ``limit`` queued to-send invoices without an action whose owner has a plan
+    with a template, in invoice order after ``after`` (keyset pages through the queue's key)."""
     stmt = (
         select(
             invoices.c.invoice_id,
@@ -79,17 +84,39 @@ def _candidates(conn: Connection, after: str | None, limit: int) -> pd.DataFrame
             organizations.c.send_time,
             organizations.c.holidays,
         )
+        .select_from(template_queue)
+        .join(invoices, invoices.c.invoice_id == template_queue.c.invoice_id)
         .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
         .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
         .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
         .join(organizations, organizations.c.org_id == invoices.c.org_id)
         .where(invoices.c.sending_status == "to_send", ~_has_action())
-        .order_by(invoices.c.invoice_id)
+        .order_by(template_queue.c.invoice_id)
         .limit(limit)
     )
     if after is not None:
-        stmt = stmt.where(invoices.c.invoice_id > after)
+        stmt = stmt.where(template_queue.c.invoice_id > after)
     return pd.read_sql(stmt, conn)
+
+
+def _settle_queue(conn: Connection, after: str | None, upto: str | None) -> None:
+    """Take off the queue, for keys in (``after``, ``upto``], the invoices that have their
+    action now or are no longer to send (marked sent, cancelled); the rest — no template
+    yet — stay, for the next run to retry."""
+    done = or_(
+        ~select(invoices.c.invoice_id)
+        .where(invoices.c.invoice_id == template_queue.c.invoice_id, invoices.c.sending_status == "to_send")
+        .exists(),
+        select(invoice_actions.c.invoice_id)
+        .where(invoice_actions.c.invoice_id == template_queue.c.invoice_id)
+        .exists(),
+    )
+    stmt = delete(template_queue).where(done)
+    if after is not None:
+        stmt = stmt.where(template_queue.c.invoice_id > after)
+    if upto is not None:
+        stmt = stmt.where(template_queue.c.invoice_id <= upto)
+    conn.execute(stmt)
 
 
 def _actions(cand: pd.DataFrame, ctx: RunContext) -> pd.DataFrame:
@@ -133,7 +160,8 @@ def _created_events(actions: pd.DataFrame, created: list[tuple], ctx: RunContext
 
 
 def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None = None) -> ResolveSummary:
-    """Create the missing actions, one keyset page of invoices at a time, in one transaction."""
+    """Create the missing actions of the queued invoices, one keyset page at a time, in one
+    transaction; the cost follows the day's new invoices plus those still without template."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ResolveSummary()
     with db.tx() as conn:
@@ -142,7 +170,7 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
             cand = _candidates(conn, after, chunk_rows)
             if cand.empty:
                 break
-            after = str(cand["invoice_id"].iloc[-1])
+            previous, after = after, str(cand["invoice_id"].iloc[-1])
             actions = _actions(cand, ctx)
             created = (
                 insert_ignore(
@@ -152,14 +180,11 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
             )
             append_rows(conn, action_events, _created_events(actions, created, ctx))
             summary.created += len(created)
+            _settle_queue(conn, previous, after)
             if len(cand) < chunk_rows:
                 break
+        _settle_queue(conn, after, None)
         summary.without_template = int(
-            conn.execute(
-                select(func.count())
-                .select_from(invoices)
-                .where(invoices.c.sending_status == "to_send", ~_has_action())
-            ).scalar()
-            or 0
+            conn.execute(select(func.count()).select_from(template_queue)).scalar() or 0
         )
     return summary

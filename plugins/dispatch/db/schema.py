@@ -289,6 +289,17 @@ watermarks = Table(
     Column("value", UTCDateTime, nullable=False),
 )
 
+# To-send invoices still waiting for their action: tag queues them, resolve templates takes
+# them off once their action exists. What stays is the short list of invoices without a
+# template (a child without a plan), retried each run; a run never looks for missing actions
+# across all to-send invoices.
+template_queue = Table(
+    "template_queue",
+    metadata,
+    Column("invoice_id", String(64), primary_key=True),
+    Column("queued_at", UTCDateTime, nullable=False),
+)
+
 # Due sends of a run, in batches: compute_due writes them, each dispatch batch reads its own.
 due_sends = Table(
     "due_sends",
