@@ -63,9 +63,18 @@ def _has_action():  # type: ignore[no-untyped-def]
     )
 
 
-def _candidates(conn: Connection, after: str | None, limit: int) -> pd.DataFrame:
-    """The next ``limit`` queued to-send invoices without an action whose owner has a plan
-    with a template, in invoice order after ``after`` (keyset pages through the queue's key)."""
+def _queue_page(after: str | None, limit: int):  # type: ignore[no-untyped-def]
+    """The next ``limit`` keys of the template queue after ``after`` (a keyset page)."""
+    stmt = select(template_queue.c.invoice_id).order_by(template_queue.c.invoice_id).limit(limit)
+    if after is not None:
+        stmt = stmt.where(template_queue.c.invoice_id > after)
+    return stmt.subquery("page")
+
+
+def _candidates(conn: Connection, page) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """The invoices of a queue page that are to send, have no action yet and whose owner has
+    a plan with a template. The query starts from the page (never from every to-send
+    invoice), whatever the planner's statistics say after a bulk import."""
     stmt = (
         select(
             invoices.c.invoice_id,
@@ -84,18 +93,15 @@ def _candidates(conn: Connection, after: str | None, limit: int) -> pd.DataFrame
             organizations.c.send_time,
             organizations.c.holidays,
         )
-        .select_from(template_queue)
-        .join(invoices, invoices.c.invoice_id == template_queue.c.invoice_id)
+        .select_from(page)
+        .join(invoices, invoices.c.invoice_id == page.c.invoice_id)
         .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
         .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
         .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
         .join(organizations, organizations.c.org_id == invoices.c.org_id)
         .where(invoices.c.sending_status == "to_send", ~_has_action())
-        .order_by(template_queue.c.invoice_id)
-        .limit(limit)
+        .order_by(invoices.c.invoice_id)
     )
-    if after is not None:
-        stmt = stmt.where(template_queue.c.invoice_id > after)
     return pd.read_sql(stmt, conn)
 
 
@@ -167,23 +173,25 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
     with db.tx() as conn:
         after: str | None = None
         while True:
-            cand = _candidates(conn, after, chunk_rows)
-            if cand.empty:
+            page = _queue_page(after, chunk_rows)
+            last, n_page = conn.execute(select(func.max(page.c.invoice_id), func.count())).one()
+            if not n_page:
                 break
-            previous, after = after, str(cand["invoice_id"].iloc[-1])
-            actions = _actions(cand, ctx)
-            created = (
-                insert_ignore(
-                    conn, invoice_actions, actions, ["invoice_id"], returning=["action_id", "invoice_id"]
+            cand = _candidates(conn, page)
+            if not cand.empty:
+                actions = _actions(cand, ctx)
+                created = (
+                    insert_ignore(
+                        conn, invoice_actions, actions, ["invoice_id"], returning=["action_id", "invoice_id"]
+                    )
+                    or []
                 )
-                or []
-            )
-            append_rows(conn, action_events, _created_events(actions, created, ctx))
-            summary.created += len(created)
-            _settle_queue(conn, previous, after)
-            if len(cand) < chunk_rows:
+                append_rows(conn, action_events, _created_events(actions, created, ctx))
+                summary.created += len(created)
+            _settle_queue(conn, after, last)
+            after = str(last)
+            if n_page < chunk_rows:
                 break
-        _settle_queue(conn, after, None)
         summary.without_template = int(
             conn.execute(select(func.count()).select_from(template_queue)).scalar() or 0
         )
