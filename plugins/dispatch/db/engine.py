@@ -33,10 +33,8 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
         _sqlite_transactions(engine, readonly=readonly)
         return engine
-    # Small multi-row INSERT pages: psycopg converts every named placeholder of a statement
-    # and its cost grows faster than the statement; 1,000-row pages (SQLAlchemy's default)
-    # made inserting 100,000 actions ~4x slower than 20-row pages (measured, docs/benchmark.md).
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, insertmanyvalues_page_size=20)
+    # Bulk writes go through COPY (dispatch.db.bulk), so no INSERT page size is tuned here.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
 def _sqlite_transactions(engine: Engine, *, readonly: bool) -> None:
