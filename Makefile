@@ -32,8 +32,10 @@ lint: install
 	$(VENV)/bin/ruff check plugins dags tests
 	$(VENV)/bin/ruff format --check plugins dags tests
 
+# Every performance target side by side (docs/benchmark.md): make bench N=1000000 BACKEND=postgres
+BACKEND ?= postgres
 bench: install
-	$(PY) -m dispatch.bench $(if $(N),--invoices $(N),)
+	$(PY) -m dispatch.bench --backend $(BACKEND) $(if $(N),--invoices $(N),)
 
 # Attack running pipelines from outside (kill -9, concurrent runs, provider, database and
 # disk faults) and print the figures of exactly-once / nothing-lost; bounded (~30-40 min).

@@ -291,3 +291,15 @@ def test_rows_with_an_unusable_updated_at_are_reported_once_not_silently_skipped
     assert again.counts["run"]["rejected"] == 0
     assert again.counts["totals"]["rejected"] == len(expected)
     assert len(w.rows("SELECT reason FROM rejected_invoices")) == len(expected)
+
+
+def test_a_pdf_path_with_a_nul_is_rejected_at_import_and_stops_nothing(w: World) -> None:
+    if w.backend != "sqlite":
+        pytest.skip("a PostgreSQL accounting source cannot hold a NUL character")
+    row(w, "i_nul_pdf", pdf_path="inv\x00.pdf")
+
+    report = w.run(AT)
+
+    assert rejected(w) == {"i_nul_pdf": "invalid_pdf_path"}
+    assert w.action("i_ok")["status"] == "sent"
+    assert_counts_add_up(w, report, rejected_rows=1)

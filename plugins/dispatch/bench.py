@@ -1,17 +1,27 @@
-"""``make bench``: time every pipeline stage on N synthetic invoices, on SQLite and PostgreSQL.
+"""``make bench``: every performance target of the pipeline, side by side, in one run.
 
-Two runs per backend, as the pipeline lives them: a FIRST run as of a weekday 05:00 UTC over
-N invoices imported at once, then the FOLLOWING INCREMENTAL DAY (1% new invoices, next
-weekday). Each stage is called one by one exactly as :func:`dispatch.pipeline.run_pipeline`
-calls it, so what is timed is the library's code and nothing written for the benchmark.
+For each backend (PostgreSQL by default), on synthetic invoices (every customer on an e-mail
+plan with a 3-day delay, so the first two days measure the data stages and nothing is sent):
 
-Figures only: nothing here judges them (no thresholds), they are for the README and for
-finding hot spots. Memory: the peak RSS of each stage (Linux lets a process reset its RSS
-high-water mark, at no cost) and the process's ``getrusage`` maximum. ``--trace-memory`` adds
-the ``tracemalloc`` peak of Python allocations per stage (NumPy and pandas buffers included),
-off by default because tracing every allocation made the stages 3 to 7 times slower
-(measured: dispatch of 1,455 messages 20.6 s untraced, 138.5 s traced), which would make the
-timings of the same table meaningless.
+* FIRST RUN over N invoices imported at once, against the COPY limit of the same rows
+  (:func:`dispatch.bench_floor.copy_limit`, PostgreSQL only);
+* the INCREMENTAL DAY (``--new`` invoices over that history, the next weekday) against the
+  same rows in databases with no history;
+* the PEAK RSS of the run at N and at 2N (each run is ``run_pipeline`` in a process of its
+  own, so the high-water mark is the run's, not the data generator's);
+* DISPATCH of e-mails into the outbox against its floor (the same e-mails rendered, built
+  with the standard library and written durably, no database), and letters likewise;
+* SENDGRID at 0 ms and 50 ms latency, and the Airflow SendGrid provider's ``send_email`` loop
+  (:mod:`dispatch.bench_email`).
+
+Then a chart (``var/bench/scaling-<backend>.png``) of first-run time and peak memory against
+N. Each run is :func:`dispatch.pipeline.run_pipeline` itself with a ``measure`` hook timing
+every stage, so what is timed is the library's code and nothing written for the benchmark.
+The ratios are measured in the same run on the same machine, which is what makes them
+comparable on a shared, noisy machine; the table says which targets they meet.
+
+Memory: the peak RSS of each stage (Linux lets a process reset its RSS high-water mark, at no
+cost) and the run process's ``getrusage`` maximum.
 """
 
 from __future__ import annotations
@@ -19,10 +29,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import json
+import logging
 import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -39,7 +52,18 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from dispatch.bench_data import append_new_invoices, generate_bench
+from dispatch import bench_email
+from dispatch.bench_data import (
+    EMAIL_NOW_PLANS,
+    LETTER_NOW_PLANS,
+    SCALE_CUSTOMER_RATIO,
+    SCALE_PLANS,
+    append_new_invoices,
+    copy_accounting,
+    generate_bench,
+)
+from dispatch.bench_email import SendGridFigures
+from dispatch.bench_floor import CopyLimit, Floor, copy_limit, email_floor, letter_floor, sent_messages
 from dispatch.config_file import load_config_file
 from dispatch.db.engine import make_engine
 from dispatch.db.migrate import upgrade
@@ -292,87 +316,266 @@ def postgres_databases(admin_url: str) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
-# --- one backend -------------------------------------------------------------------------------
+# --- one run in a process of its own ------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    backend: str
+    label: str
+    dispatch_url: str
+    accounting_url: str
+    outbox: str
+    as_of: str
+    invoices_in_source: int
+    batch_size: int | None = None
+
+
+def _figures_to_json(fig: RunFigures) -> dict:
+    return {
+        "stages": [s.__dict__ for s in fig.stages],
+        "dispatch_events": dict(fig.dispatch_events),
+        "batches": fig.batches,
+        "outbox_written": fig.outbox_written,
+        "max_rss_bytes": fig.max_rss_bytes,
+        "load_before": fig.load_before,
+        "load_after": fig.load_after,
+    }
+
+
+def child_main(spec_json: str) -> int:
+    """``--child-run SPEC``: one timed run; prints its figures as one JSON line."""
+    logging.disable(logging.INFO)  # the stages' progress lines would mix with the JSON
+    spec = RunSpec(**json.loads(spec_json))
+    environ = {
+        "DISPATCH_DB_URL": spec.dispatch_url,
+        "ACCOUNTING_DB_URL": spec.accounting_url,
+        "DISPATCH_OUTBOX_DIR": spec.outbox,
+    }
+    if spec.batch_size:
+        environ["DISPATCH_BATCH_SIZE"] = str(spec.batch_size)
+    settings = load_settings(environ=environ)
+    engines = Engines.from_settings(settings)
+    as_of = dt.datetime.fromisoformat(spec.as_of)
+    try:
+        fig = timed_run(
+            settings,
+            engines,
+            as_of,
+            StageTimer(False, None),
+            RunFigures(spec.backend, spec.label, as_of, spec.invoices_in_source),
+        )
+    finally:
+        engines.dispatch.dispose()
+        engines.accounting.dispose()
+    # timed_run set the process's peak across the stages' resets of the high-water mark
+    print(json.dumps(_figures_to_json(fig)))
+    return 0
+
+
+def run_in_child(spec: RunSpec) -> RunFigures:
+    """``run_pipeline`` in a fresh interpreter: its peak RSS is the run's alone."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(resolve("plugins")), str(resolve(".")), env.get("PYTHONPATH", "")) if p
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatch.bench", "--child-run", json.dumps(spec.__dict__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec.label} run failed:\n{done.stderr[-4000:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    fig = RunFigures(spec.backend, spec.label, dt.datetime.fromisoformat(spec.as_of), spec.invoices_in_source)
+    fig.stages = [StageFigures(**s) for s in data["stages"]]
+    fig.dispatch_events = Counter(data["dispatch_events"])
+    fig.batches = data["batches"]
+    fig.outbox_written = data["outbox_written"]
+    fig.max_rss_bytes = data["max_rss_bytes"]
+    fig.load_before, fig.load_after = data["load_before"], data["load_after"]
+    return fig
+
+
+# --- the scale scenario: first run, COPY limit, incremental day, no history --------------------
+
+
+@dataclass
+class ScalePoint:
+    backend: str
+    invoices: int
+    generation_seconds: float = 0.0
+    first: RunFigures | None = None
+    limit: CopyLimit | None = None
+    new: int = 0
+    incremental: RunFigures | None = None
+    no_history: RunFigures | None = None
+
+    @property
+    def peak_rss(self) -> int:
+        return self.first.max_rss_bytes if self.first else 0
+
+
+def overnight(*urls: str) -> None:
+    """What autovacuum does between two weekday runs: ``VACUUM ANALYZE`` (dead index entries
+    of the rows the first run moved are cleaned, statistics know the new volume). Without
+    it the next day would be timed seconds after a bulk import of N rows, which no daily job
+    lives through."""
+    for url in urls:
+        engine = sa.create_engine(make_url(url), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+        finally:
+            engine.dispose()
 
 
 def next_weekday(day: dt.date) -> dt.date:
     return pd.Timestamp(np.busday_offset(np.datetime64(day), 1, roll="forward")).date()
 
 
-def bench_backend(
-    backend: str,
-    dispatch_url: str,
-    accounting_url: str,
-    *,
-    n_invoices: int,
-    first_day: dt.date,
-    workdir: Path,
-    batch_size: int | None,
-    timer: StageTimer,
-    say: Callable[[str], None],
-) -> BackendFigures:
-    """Generate, set up, then time the first run and the following incremental day."""
-    outbox = workdir / backend / "outbox"
-    shutil.rmtree(outbox, ignore_errors=True)  # action ids are deterministic: old files would be "sent"
-    config_path = workdir / backend / "config.yaml"
-    environ = {
-        "DISPATCH_DB_URL": dispatch_url,
-        "ACCOUNTING_DB_URL": accounting_url,
-        "DISPATCH_OUTBOX_DIR": str(outbox),
-    }
-    if batch_size is not None:
-        environ["DISPATCH_BATCH_SIZE"] = str(batch_size)
-    settings = load_settings(environ=environ)
+def _databases(backend: str, folder: Path, pg_admin: str):  # type: ignore[no-untyped-def]
+    return sqlite_databases(folder) if backend == "sqlite" else postgres_databases(pg_admin)
 
-    say(f"[{backend}] generating {n_invoices:,} invoices …")
-    started = time.perf_counter()
-    data = generate_bench(accounting_url, n_invoices, start=first_day, config_out=config_path)
-    generation = time.perf_counter() - started
 
-    engines = Engines.from_settings(settings)
+def _prepare(dispatch_url: str, accounting_url: str, config_path: Path, enabled_at: dt.datetime) -> None:
+    engine = make_engine(dispatch_url)
     try:
-        started = time.perf_counter()
-        upgrade(engines.dispatch)
-        migrate = time.perf_counter() - started
-        started = time.perf_counter()
+        upgrade(engine)
         config_engine = make_engine(accounting_url, readonly=True)
         try:
-            load_config_file(
-                config_path, engines.dispatch, accounting_engine=config_engine, now=data.enabled_at
-            )
+            load_config_file(config_path, engine, accounting_engine=config_engine, now=enabled_at)
         finally:
             config_engine.dispose()
-        out = BackendFigures(backend, generation, migrate, time.perf_counter() - started)
+    finally:
+        engine.dispose()
 
-        first = dt.datetime.combine(first_day, RUN_TIME, dt.UTC)
-        say(f"[{backend}] first run as of {first:%a %Y-%m-%d %H:%MZ} …")
-        out.runs.append(
-            timed_run(settings, engines, first, timer, RunFigures(backend, "first", first, n_invoices))
-        )
 
-        second = dt.datetime.combine(next_weekday(first_day), RUN_TIME, dt.UTC)
+def scale_point(
+    backend: str,
+    n: int,
+    *,
+    new: int,
+    first_day: dt.date,
+    workdir: Path,
+    pg_admin: str,
+    full: bool,
+    say: Callable[[str], None],
+) -> ScalePoint:
+    """Generate N invoices, time the first run (and, when ``full``, the COPY limit, the
+    incremental day and the same day with no history)."""
+    point = ScalePoint(backend, n)
+    base = workdir / backend / f"n{n}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    first = dt.datetime.combine(first_day, RUN_TIME, dt.UTC)
+    second = dt.datetime.combine(next_weekday(first_day), RUN_TIME, dt.UTC)
+    with _databases(backend, base / "history", pg_admin) as (dispatch_url, accounting_url):
+        say(f"[{backend}] generating {n:,} invoices …")
         started = time.perf_counter()
-        out.appended = append_new_invoices(
+        data = generate_bench(
             accounting_url,
-            NEW_INVOICES_FRACTION,
-            updated_at=dt.datetime.combine(second.date(), dt.time(0), dt.UTC),
-            base=n_invoices,
+            n,
+            start=first_day,
+            config_out=base / "config.yaml",
+            plans=SCALE_PLANS,
+            customer_ratio=SCALE_CUSTOMER_RATIO,
+            issue_from_days=0,
+            issue_days=5,
         )
-        out.append_seconds = time.perf_counter() - started
-        say(f"[{backend}] incremental day as of {second:%a %Y-%m-%d %H:%MZ} ({out.appended:,} new) …")
-        out.runs.append(
-            timed_run(
-                settings,
-                engines,
-                second,
-                timer,
-                RunFigures(backend, "incremental", second, n_invoices + out.appended),
+        point.generation_seconds = time.perf_counter() - started
+        _prepare(dispatch_url, accounting_url, base / "config.yaml", data.enabled_at)
+        say(f"[{backend}] N={n:,}: first run as of {first:%a %Y-%m-%d %H:%MZ} …")
+        point.first = run_in_child(
+            RunSpec(
+                backend, "first", dispatch_url, accounting_url, str(base / "outbox"), first.isoformat(), n
             )
         )
-        return out
-    finally:
-        engines.dispatch.dispose()
-        engines.accounting.dispose()
+        if backend == "postgres" and full:
+            say(f"[{backend}] N={n:,}: COPY limit …")
+            point.limit = copy_limit(dispatch_url, accounting_url)
+        if not full:
+            return point
+        if backend == "postgres":
+            overnight(dispatch_url, accounting_url)
+        new_at = dt.datetime.combine(second.date(), dt.time(0), dt.UTC)
+        point.new = append_new_invoices(accounting_url, new / n, updated_at=new_at, base=n)
+        say(f"[{backend}] N={n:,}: incremental day ({point.new:,} new) as of {second:%a %Y-%m-%d %H:%MZ} …")
+        point.incremental = run_in_child(
+            RunSpec(backend, "incremental", dispatch_url, accounting_url, str(base / "outbox"),
+                    second.isoformat(), n + point.new)
+        )  # fmt: skip
+        with _databases(backend, base / "alone", pg_admin) as (alone_dispatch, alone_accounting):
+            copy_accounting(accounting_url, alone_accounting, new_at - dt.timedelta(hours=1))
+            _prepare(alone_dispatch, alone_accounting, base / "config.yaml", data.enabled_at)
+            say(f"[{backend}] N={n:,}: the same {point.new:,} invoices with no history …")
+            point.no_history = run_in_child(
+                RunSpec(backend, "no history", alone_dispatch, alone_accounting, str(base / "outbox-alone"),
+                        second.isoformat(), point.new)
+            )  # fmt: skip
+    return point
+
+
+# --- dispatch against its floor -------------------------------------------------------------------
+
+
+@dataclass
+class DispatchPoint:
+    channel: str
+    sent: int
+    seconds: float
+    floor: Floor
+
+    @property
+    def per_second(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else float("nan")
+
+
+def dispatch_point(
+    backend: str,
+    channel: str,
+    n: int,
+    *,
+    first_day: dt.date,
+    workdir: Path,
+    pg_admin: str,
+    say: Callable[[str], None],
+) -> DispatchPoint:
+    """N invoices all due at once on one channel: the dispatch stage's rate, then the floor
+    of the same messages (``bench_floor``)."""
+    base = workdir / backend / f"dispatch-{channel}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    plans = EMAIL_NOW_PLANS if channel == "email" else LETTER_NOW_PLANS
+    first = dt.datetime.combine(first_day, RUN_TIME, dt.UTC)
+    with _databases(backend, base / "db", pg_admin) as (dispatch_url, accounting_url):
+        data = generate_bench(
+            accounting_url, n, start=first_day, config_out=base / "config.yaml", plans=plans,
+            issue_from_days=-5, issue_days=5,
+        )  # fmt: skip
+        _prepare(dispatch_url, accounting_url, base / "config.yaml", data.enabled_at)
+        settings = load_settings(
+            environ={
+                "DISPATCH_DB_URL": dispatch_url,
+                "ACCOUNTING_DB_URL": accounting_url,
+                "DISPATCH_OUTBOX_DIR": str(base / "outbox"),
+            }
+        )
+        engines = Engines.from_settings(settings)
+        say(f"[{backend}] dispatching {n:,} {OUTBOX_CHANNELS[channel]} into the outbox …")
+        try:
+            fig = timed_run(settings, engines, first, StageTimer(False, None),
+                            RunFigures(backend, f"dispatch {channel}", first, n))  # fmt: skip
+        finally:
+            engines.dispatch.dispose()
+            engines.accounting.dispose()
+        stage = next(s for s in fig.stages if s.stage == "dispatch")
+        sent = sent_messages(dispatch_url, channel)
+        say(f"[{backend}] the floor of the same {len(sent):,} {OUTBOX_CHANNELS[channel]} …")
+        floor = (email_floor if channel == "email" else letter_floor)(sent, base / "floor")
+    return DispatchPoint(channel, fig.outbox_written.get(channel, 0), stage.seconds, floor)
 
 
 # --- printing ----------------------------------------------------------------------------------
@@ -445,78 +648,232 @@ def format_backend(fig: BackendFigures, n_invoices: int) -> str:
     )
 
 
-# --- entry point -------------------------------------------------------------------------------
+# --- the targets, side by side --------------------------------------------------------------------
+
+GIB = 1024 * MIB
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def target_rows(
+    point: ScalePoint,
+    double: ScalePoint | None,
+    emails: DispatchPoint | None,
+    letters: DispatchPoint | None,
+    sendgrid: SendGridFigures | None,
+) -> list[list[str]]:
+    """(what, figure, reference, ratio, target, met) for every target."""
+    rows: list[list[str]] = []
+
+    def add(what: str, fig: str, ref: str, ratio: float | None, target: str, ok: bool | None) -> None:
+        verdict = "n/a" if ok is None else ("yes" if ok else "NO")
+        rows.append([what, fig, ref, "n/a" if ratio is None else f"{ratio:.2f}x", target, verdict])
+
+    n = point.invoices
+    data_stages = ("extract", "tag", "resolve templates", "compute due", "write back")
+    if point.first:
+        first_s = point.first.seconds
+        limit_s = point.limit.seconds if point.limit else None
+        r = _ratio(first_s, limit_s)
+        add(f"first run, {n:,} invoices", f"{first_s:.1f} s", "n/a" if limit_s is None else
+            f"COPY limit {limit_s:.1f} s", r, "<= 5x", None if r is None else r <= 5)  # fmt: skip
+    if point.incremental and point.no_history:
+        inc, alone = point.incremental.seconds, point.no_history.seconds
+        r = _ratio(inc, alone)
+        add(f"incremental day, {point.new:,} new over {n:,}", f"{inc:.2f} s",
+            f"same rows, no history {alone:.2f} s", r, "<= 1.5x", r is not None and r <= 1.5)  # fmt: skip
+        stages_inc = sum(s.seconds for s in point.incremental.stages if s.stage in data_stages[1:])
+        stages_alone = sum(s.seconds for s in point.no_history.stages if s.stage in data_stages[1:])
+        r = _ratio(stages_inc, stages_alone)
+        add("  of which tag .. write back (not extract)", f"{stages_inc:.2f} s", f"{stages_alone:.2f} s", r,
+            "<= 1.5x", r is not None and r <= 1.5)  # fmt: skip
+    if point.first:
+        rss = point.peak_rss
+        add(f"peak RSS of the run at {n:,}", f"{rss / MIB:,.0f} MiB", "1 GiB", rss / GIB, "<= 1 GiB",
+            rss <= GIB)  # fmt: skip
+    if double and double.first and point.first:
+        r = _ratio(double.peak_rss, point.peak_rss)
+        add(f"peak RSS at {double.invoices:,} vs {n:,}", f"{double.peak_rss / MIB:,.0f} MiB",
+            f"{point.peak_rss / MIB:,.0f} MiB", r, "<= 1.10x", r is not None and r <= 1.10)  # fmt: skip
+    if emails:
+        r = _ratio(emails.per_second, emails.floor.per_second)
+        add(f"dispatch, {emails.sent:,} e-mails into the outbox", f"{emails.per_second:,.0f}/s",
+            f"floor {emails.floor.per_second:,.0f}/s", r, ">= 0.8x", r is not None and r >= 0.8)  # fmt: skip
+    if letters:
+        r = _ratio(letters.per_second, letters.floor.per_second)
+        add(f"dispatch, {letters.sent:,} letters into the outbox", f"{letters.per_second:,.0f}/s",
+            f"PDF floor {letters.floor.per_second:,.0f}/s", r, "(measured)", None)  # fmt: skip
+    if sendgrid:
+        ms = f"{sendgrid.latency * 1000:.0f} ms"
+        add(f"SendGrid at {ms}", f"{sendgrid.at_latency.per_second:,.0f}/s",
+            f"at 0 ms {sendgrid.at_zero.per_second:,.0f}/s", sendgrid.latency_ratio, ">= 0.9x",
+            sendgrid.latency_ratio >= 0.9)  # fmt: skip
+        add(f"SendGrid at {ms} vs Airflow's provider loop", f"{sendgrid.at_latency.per_second:,.0f}/s",
+            f"send_email loop {sendgrid.airflow.per_second:,.1f}/s", sendgrid.airflow_ratio, ">= 15x",
+            sendgrid.airflow_ratio >= 15)  # fmt: skip
+    return rows
+
+
+def format_targets(backend: str, rows: list[list[str]]) -> str:
+    headers = ["target", "figure", "reference", "ratio", "target", "met"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    return "\n".join([f"== {backend}: targets, measured in this run", fmt(headers),
+                      "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])  # fmt: skip
+
+
+def cost_per_million(point: ScalePoint) -> str:
+    if not point.first:
+        return ""
+    per_million = point.first.seconds / point.invoices * 1_000_000
+    heaviest = max(point.first.stages, key=lambda s: s.seconds)
+    line = (f"first run: {per_million:,.0f} s per million invoices; heaviest stage {heaviest.stage} "
+            f"({heaviest.seconds:.1f} s of {point.first.seconds:.1f} s)")  # fmt: skip
+    if point.incremental:
+        h = max(point.incremental.stages, key=lambda s: s.seconds)
+        total = point.incremental.seconds
+        line += f"; incremental day's heaviest: {h.stage} ({h.seconds:.2f} s of {total:.2f} s)"
+    return line
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError("every size must be at least 1")
+    return sizes
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dispatch.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--invoices", type=int, default=100_000, help="synthetic invoices (default 100000)")
-    p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    p.add_argument("--workdir", default="var/bench", help="SQLite files and outboxes (default var/bench)")
     p.add_argument(
-        "--first-day",
-        type=dt.date.fromisoformat,
-        default=DEFAULT_FIRST_DAY,
-        help=f"weekday of the first run, at 05:00 UTC (default {DEFAULT_FIRST_DAY})",
+        "--invoices", type=int, default=100_000, help="N, invoices of the first run (default 100000)"
     )
-    p.add_argument("--batch-size", type=int, default=None, help="DISPATCH_BATCH_SIZE (default: settings')")
+    p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="postgres")
     p.add_argument(
-        "--trace-memory",
-        action="store_true",
-        help="also trace Python allocations per stage (tracemalloc); slows stages down several times",
+        "--new", type=int, default=10_000, help="new invoices of the incremental day (default 10000)"
     )
-    p.add_argument("--profile", metavar="DIR", help="write one cProfile file per stage and run into DIR")
+    p.add_argument(
+        "--chart",
+        type=_sizes,
+        default=[100_000, 250_000, 500_000, 1_000_000],
+        help="sizes of the chart, comma-separated (default 100000,250000,500000,1000000)",
+    )
+    p.add_argument("--no-chart", action="store_true", help="skip the chart and its sizes")
+    p.add_argument("--dispatch-messages", type=int, default=2000, help="e-mails of the dispatch figure")
+    p.add_argument("--letters", type=int, default=200, help="letters of the dispatch figure")
+    p.add_argument("--sendgrid-messages", type=int, default=600, help="e-mails of the SendGrid figures")
+    p.add_argument(
+        "--workdir", default="var/bench", help="SQLite files, outboxes and the chart (default var/bench)"
+    )
+    p.add_argument("--first-day", type=dt.date.fromisoformat, default=DEFAULT_FIRST_DAY,
+                   help=f"weekday of the first run, at 05:00 UTC (default {DEFAULT_FIRST_DAY})")  # fmt: skip
+    p.add_argument("--child-run", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.invoices < 1:
-        print("--invoices must be at least 1", file=sys.stderr)
+    if args.child_run:
+        return child_main(args.child_run)
+    logging.disable(logging.INFO)  # progress lines of the stages (and alembic's) would drown the tables
+    if args.invoices < 1 or args.new < 1 or args.dispatch_messages < 1 or args.letters < 0:
+        print("--invoices, --new and --dispatch-messages must be at least 1", file=sys.stderr)
         return 2
     if args.first_day.weekday() >= 5:
         print(f"--first-day {args.first_day} is not a weekday", file=sys.stderr)
         return 2
+    new = min(args.new, max(1, args.invoices // 10))
     workdir = resolve(args.workdir)
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
-    timer = StageTimer(args.trace_memory, resolve(args.profile) if args.profile else None)
     say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     pg_admin = os.environ.get(PG_URL_ENV) or DEFAULT_PG_ADMIN_URL
     print(
-        f"invoice-dispatch benchmark: {args.invoices:,} invoices, backends {', '.join(backends)}, "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"tracemalloc {'ON: timings are slowed down' if args.trace_memory else 'off'}"
+        f"invoice-dispatch benchmark: N={args.invoices:,} invoices, {new:,} new on the next day, "
+        f"backends {', '.join(backends)}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"load average {_load(load_average())}"
     )
-    # `kill` (SIGTERM) must still drop the PostgreSQL databases: turn it into SystemExit.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    if timer.trace_memory:
-        tracemalloc.start()
     started = time.perf_counter()
-    try:
-        for backend in backends:
-            databases = sqlite_databases(workdir) if backend == "sqlite" else postgres_databases(pg_admin)
-            with databases as (dispatch_url, accounting_url):
-                fig = bench_backend(
-                    backend,
-                    dispatch_url,
-                    accounting_url,
-                    n_invoices=args.invoices,
-                    first_day=args.first_day,
-                    workdir=workdir,
-                    batch_size=args.batch_size,
-                    timer=timer,
-                    say=say,
-                )
-            print()
-            print(format_backend(fig, args.invoices), flush=True)
-    finally:
-        if timer.trace_memory:
-            tracemalloc.stop()
+    common = {"first_day": args.first_day, "workdir": workdir, "pg_admin": pg_admin, "say": say}
+    say("SendGrid figures …")
+    sendgrid = measure_sendgrid(args.sendgrid_messages, Settings.send_concurrency, 0.05)
+    for backend in backends:
+        point = scale_point(backend, args.invoices, new=new, full=True, **common)
+        double = scale_point(backend, 2 * args.invoices, new=new, full=False, **common)
+        emails = dispatch_point(backend, "email", args.dispatch_messages, **common)
+        letters = dispatch_point(backend, "letter", args.letters, **common) if args.letters else None
+        print()
+        for run in (point.first, point.incremental, point.no_history, double.first):
+            if run is not None:
+                print(format_run(run), end="\n\n")
+        if point.limit:
+            print(f"COPY limit of the first run's {point.limit.rows:,} rows: {point.limit.out_seconds:.2f} s "
+                  f"out of the source + {point.limit.in_seconds:.2f} s into three logged tables "
+                  f"with a primary key = {point.limit.seconds:.2f} s\n")  # fmt: skip
+        print(format_targets(backend, target_rows(point, double, emails, letters, sendgrid)))
+        print(cost_per_million(point))
+        if not args.no_chart:
+            measured = {point.invoices: point, double.invoices: double}
+            for n in args.chart:
+                if n not in measured:
+                    measured[n] = scale_point(backend, n, new=new, full=False, **common)
+            chart = draw_chart(backend, sorted(measured.values(), key=lambda p: p.invoices), workdir)
+            print(f"chart: {chart}")
     print(
-        f"\nbenchmark wall time {time.perf_counter() - started:.1f} s; process max RSS "
-        f"{_mib(timer.rss.process())} MiB (high-water mark of the whole process, data generation included)"
+        f"\nbenchmark wall time {time.perf_counter() - started:.1f} s; load average {_load(load_average())}"
     )
     return 0
+
+
+def measure_sendgrid(n: int, bound: int, latency: float) -> SendGridFigures | None:
+    """The SendGrid figures; None where the local SendGrid's API documents are missing."""
+    try:
+        return bench_email.measure(n, bound, latency)
+    except FileNotFoundError as exc:
+        print(f"SendGrid figures skipped: {exc}", file=sys.stderr)
+        return None
+
+
+def draw_chart(backend: str, points: list[ScalePoint], workdir: Path) -> Path:
+    """First-run time and peak RSS against N, as a PNG under ``workdir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p.invoices for p in points if p.first]
+    seconds = [p.first.seconds for p in points if p.first]
+    rss = [p.peak_rss / MIB for p in points if p.first]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(xs, seconds, "o-", color="tab:blue", label="first run (s)")
+    ax.set_xlabel("invoices (N)")
+    ax.set_ylabel("first run, seconds", color="tab:blue")
+    ax.set_xscale("log")
+    ax2 = ax.twinx()
+    ax2.plot(xs, rss, "s--", color="tab:red", label="peak RSS (MiB)")
+    ax2.set_ylabel("peak RSS of the run, MiB", color="tab:red")
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"invoice-dispatch {backend}: first run time and peak memory against N")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = workdir / f"scaling-{backend}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":

@@ -70,6 +70,15 @@ BENCH_PLANS: tuple[tuple[str, str, int, bool, float], ...] = (
     ("letter_d0", "letter", 0, True, 0.10),
     ("manual", "email", 0, False, 0.10),
 )
+#: The scale benchmark's plan (issue 8's figures): every customer on e-mail, delay 3; with
+#: invoices issued from the first run's day on, nothing is due on the first two days, so the
+#: runs measure the data stages, and dispatch is measured on its own.
+SCALE_PLANS: tuple[tuple[str, str, int, bool, float], ...] = (("email_d3", "email", 3, True, 1.0),)
+SCALE_CUSTOMER_RATIO = 0.05
+#: The dispatch benchmark's plans: everything due at once, one channel at a time.
+EMAIL_NOW_PLANS: tuple[tuple[str, str, int, bool, float], ...] = (("email_d0", "email", 0, True, 1.0),)
+LETTER_NOW_PLANS: tuple[tuple[str, str, int, bool, float], ...] = (("letter_d0", "letter", 0, True, 1.0),)
+PlanSpec = tuple[tuple[str, str, int, bool, float], ...]
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,9 @@ def _digits(rng: np.random.Generator, pattern: str, n: int) -> pd.Series:
     return out
 
 
-def _customers_frame(n_customers: int, orgs: Sequence[BenchOrg], rng: np.random.Generator) -> pd.DataFrame:
+def _customers_frame(
+    n_customers: int, orgs: Sequence[BenchOrg], rng: np.random.Generator, plans: PlanSpec = BENCH_PLANS
+) -> pd.DataFrame:
     """Customers round-robin over the orgs; every 20th is a subsidiary of a customer of its org."""
     idx = np.arange(n_customers)
     org_idx = idx % len(orgs)
@@ -110,7 +121,7 @@ def _customers_frame(n_customers: int, orgs: Sequence[BenchOrg], rng: np.random.
     is_child = (idx % 20 == 19) & (idx >= len(orgs))
     parent = ids.shift(len(orgs)).where(is_child, None)
     languages = np.array([o.language for o in orgs])
-    plan_idx = rng.choice(len(BENCH_PLANS), size=n_customers, p=[p[4] for p in BENCH_PLANS])
+    plan_idx = rng.choice(len(plans), size=n_customers, p=[p[4] for p in plans])
     return pd.DataFrame(
         {
             "customer_id": ids,
@@ -125,11 +136,13 @@ def _customers_frame(n_customers: int, orgs: Sequence[BenchOrg], rng: np.random.
     )
 
 
-def _contacts_frame(cust: pd.DataFrame, orgs: Sequence[BenchOrg], rng: np.random.Generator) -> pd.DataFrame:
+def _contacts_frame(
+    cust: pd.DataFrame, orgs: Sequence[BenchOrg], rng: np.random.Generator, plans: PlanSpec = BENCH_PLANS
+) -> pd.DataFrame:
     """One billing contact per customer holding what its plan's channel needs (plus, at random,
     other fields); one in ten customers also has a non-billing contact with an e-mail."""
     n = len(cust)
-    channel = np.array([p[1] for p in BENCH_PLANS])[cust["_plan"].to_numpy()]
+    channel = np.array([p[1] for p in plans])[cust["_plan"].to_numpy()]
     phone = pd.Series([None] * n, dtype=object)
     for k, org in enumerate(orgs):
         mine = (cust["_org"].to_numpy() == k) & ((channel == "sms") | (rng.random(n) < 0.2))
@@ -267,6 +280,10 @@ def generate_bench(
     append_fraction: float | None = None,
     *,
     config_out: Path | None = None,
+    plans: PlanSpec = BENCH_PLANS,
+    customer_ratio: float = CUSTOMER_RATIO,
+    issue_from_days: int = -30,
+    issue_days: int = 36,
 ) -> BenchSummary:
     """Recreate the accounting tables with exactly ``n_invoices`` invoices (issued over the 30
     days before ``start`` and the 5 after, ``updated_at`` in the day before ``start``), about
@@ -275,6 +292,9 @@ def generate_bench(
     switched on a week before ``start`` and every customer assigned a plan.
 
     ``append_fraction`` also writes the next day's new invoices (``append_new_invoices``).
+    ``plans`` (name, channel, delay, automatic, share of customers), ``customer_ratio`` and the
+    issue window (``issue_days`` days from ``start + issue_from_days``) shape other scenarios,
+    e.g. :data:`SCALE_PLANS`.
     """
     if n_invoices < 1:
         raise ValueError("n_invoices must be at least 1")
@@ -282,15 +302,15 @@ def generate_bench(
     org_list = _orgs(orgs)
     start = start or dt.date.today()
     rng = np.random.default_rng(seed)
-    cust = _customers_frame(max(len(org_list), round(n_invoices * CUSTOMER_RATIO)), org_list, rng)
-    contacts_df = _contacts_frame(cust, org_list, rng)
+    cust = _customers_frame(max(len(org_list), round(n_invoices * customer_ratio)), org_list, rng, plans)
+    contacts_df = _contacts_frame(cust, org_list, rng, plans)
     invoices_df = _invoices_frame(
         0,
         n_invoices,
         cust,
         {o.org_id: o.currency for o in org_list},
-        start - dt.timedelta(days=30),
-        36,
+        start + dt.timedelta(days=issue_from_days),
+        issue_days,
         _midnight_utc(start) - dt.timedelta(microseconds=1),
         dt.timedelta(days=1),
         rng,
@@ -307,7 +327,7 @@ def generate_bench(
     enabled_at = _midnight_utc(start - dt.timedelta(days=7))
     if config_out is not None:
         Path(config_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(config_out).write_text(bench_config_yaml(org_list, cust, enabled_at), encoding="utf-8")
+        Path(config_out).write_text(bench_config_yaml(org_list, cust, enabled_at, plans), encoding="utf-8")
     appended = 0
     if append_fraction is not None:
         appended = append_new_invoices(accounting_url, append_fraction, seed=seed + 1, base=n_invoices)
@@ -376,7 +396,9 @@ def append_new_invoices(
     return n_new
 
 
-def bench_config_yaml(orgs: Sequence[BenchOrg], cust: pd.DataFrame, enabled_at: dt.datetime) -> str:
+def bench_config_yaml(
+    orgs: Sequence[BenchOrg], cust: pd.DataFrame, enabled_at: dt.datetime, plans: PlanSpec = BENCH_PLANS
+) -> str:
     """The bench configuration (CONTRACT §3), built as text: ``yaml.dump`` of ten thousand
     assignments takes longer than writing the invoices."""
     lines = ["# Generated by dispatch.bench_data — benchmark configuration.", "organizations:"]
@@ -401,7 +423,7 @@ def bench_config_yaml(orgs: Sequence[BenchOrg], cust: pd.DataFrame, enabled_at: 
         ]
     lines.append("plans:")
     for o in orgs:
-        for suffix, channel, delay, automatic, _share in BENCH_PLANS:
+        for suffix, channel, delay, automatic, _share in plans:
             lines += [
                 f"  - id: {o.org_id}_{suffix}",
                 f"    org: {o.org_id}",
@@ -417,6 +439,44 @@ def bench_config_yaml(orgs: Sequence[BenchOrg], cust: pd.DataFrame, enabled_at: 
                 '{{ invoice.total_amount }} {{ invoice.currency }} is due {{ invoice.due_date }}."',
             ]
     lines.append("assignments:")
-    plan_ids = cust["org_id"] + "_" + np.array([p[0] for p in BENCH_PLANS])[cust["_plan"].to_numpy()]
+    plan_ids = cust["org_id"] + "_" + np.array([p[0] for p in plans])[cust["_plan"].to_numpy()]
     lines.extend(("  - {customer: " + cust["customer_id"] + ", plan: " + plan_ids + "}").tolist())
     return "\n".join(lines) + "\n"
+
+
+def copy_accounting(source_url: str, target_url: str, invoices_updated_since: dt.datetime) -> int:
+    """A fresh accounting database at ``target_url`` with the customers and contacts of
+    ``source_url`` and only its invoices updated at or after ``invoices_updated_since``: the
+    same rows as a day over a long history, without the history. Returns the invoices copied."""
+    since = invoices_updated_since.astimezone(dt.UTC).replace(tzinfo=None)
+    src, dst = make_engine(source_url, readonly=True), make_engine(target_url)
+    try:
+        create_accounting_schema(dst, drop_existing=True)
+        with src.connect() as s_conn, dst.begin() as d_conn:
+            copied = 0
+            for table in ("customers", "contacts", "invoices"):
+                cols = ", ".join(COLUMNS[table])
+                where = " WHERE updated_at >= :since" if table == "invoices" else ""
+                if s_conn.dialect.name == "postgresql" and d_conn.dialect.name == "postgresql":
+                    query = f"SELECT {cols} FROM {table}{where.replace(':since', '%s')}"
+                    out_cur = s_conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    in_cur = d_conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    with (
+                        out_cur.copy(f"COPY ({query}) TO STDOUT", (since,) if where else None) as out,
+                        in_cur.copy(f"COPY {table} ({cols}) FROM STDIN") as into,
+                    ):
+                        for block in out:
+                            into.write(block)
+                    n = in_cur.rowcount
+                else:
+                    frame = pd.read_sql(
+                        sa.text(f"SELECT {cols} FROM {table}{where}"), s_conn, params={"since": since}
+                    )
+                    write_frame(d_conn, table, frame)
+                    n = len(frame)
+                if table == "invoices":
+                    copied = int(n)
+    finally:
+        src.dispose()
+        dst.dispose()
+    return copied

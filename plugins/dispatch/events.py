@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
+from dispatch.db.bulk import append_rows
 from dispatch.db.schema import action_events
 
 # Every event name the log holds (docs/data-dictionary.md explains each). A run's counts
@@ -60,6 +61,4 @@ def record_events(
         }
         for action_id, invoice_id in rows
     ]
-    if batch:
-        conn.execute(insert(action_events), batch)
-    return len(batch)
+    return append_rows(conn, action_events, batch)

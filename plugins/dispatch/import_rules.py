@@ -137,6 +137,8 @@ def invoice_rules(
         ("unknown_org", ~df["org_id"].isin(known_orgs)),
         ("missing_number", blank(df["number"])),
         ("invalid_number", has_nul(df["number"])),
+        # a NUL is never part of a file name; PostgreSQL text could not even store it
+        ("invalid_pdf_path", has_nul(df["pdf_path"])),
         ("missing_issue_date", df["issue_date"].isna()),
         ("issue_date_out_of_range", out_of_window(df["issue_date"], df["issue_date_p"], window)),
         ("invalid_issue_date", df["issue_date_p"].isna()),

@@ -80,7 +80,7 @@ class Settings:
     #: extract re-reads this much before the watermark, for rows committed late in the source
     extract_lookback: dt.timedelta = dt.timedelta(hours=1)
     #: provider requests in flight at once per worker (HTTP backends), over kept-alive connections
-    send_concurrency: int = 16
+    send_concurrency: int = 128  # the bound of requests in flight per worker; the window adapts below it
     #: seconds to wait for a provider's HTTP answer; past it a sent request is delivery_unknown
     http_timeout: float = 30.0
     #: seconds an SMTP relay may take for a reply (connect, each command, the answer to DATA)

@@ -4,16 +4,18 @@ One set-based UPDATE: an invoice first seen at or after its organization switche
 sending on is ``to_send`` whatever its accounting status (R1: a direct-debit invoice
 already paid still gets its copy); before that, or while sending is off, it is
 ``not_required`` and never sent (R2). An invoice already void when imported is
-``cancelled`` at once: void invoices are never sent.
+``cancelled`` at once: void invoices are never sent. Each new ``to_send`` invoice joins the
+template queue (``template_queue``), which resolve templates works from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, literal, select, update
 
-from dispatch.db.schema import invoices, organizations
+from dispatch.db.bulk import dialect_insert
+from dispatch.db.schema import UTCDateTime, invoices, organizations, template_queue
 from dispatch.db.session import Database
 from dispatch.runs import RunContext
 
@@ -43,6 +45,15 @@ def tag_new_invoices(db: Database, ctx: RunContext) -> TagSummary:
     )
     summary = TagSummary()
     with db.tx() as conn:
+        # the invoices about to become to_send wait for their action in the template queue
+        queued = select(invoices.c.invoice_id, literal(ctx.as_of, UTCDateTime()).label("queued_at")).where(
+            invoices.c.sending_status.is_(None), enabled, invoices.c.accounting_status != "void"
+        )
+        conn.execute(
+            dialect_insert(conn, template_queue)
+            .from_select(["invoice_id", "queued_at"], queued)
+            .on_conflict_do_nothing(index_elements=["invoice_id"])
+        )
         conn.execute(
             update(invoices).where(invoices.c.sending_status.is_(None)).values(sending_status=status)
         )

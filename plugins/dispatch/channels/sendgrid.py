@@ -84,7 +84,7 @@ ACTIVITY_PATH = "/v3/messages"
 #: sent and leaves the others to a person; "full" also sends again one SendGrid does not list
 ACTIVITY_LOOKUPS = ("off", "found", "full")
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_IN_FLIGHT = 16
+DEFAULT_IN_FLIGHT = 128  # the bound (DISPATCH_SEND_CONCURRENCY); the window adapts below it
 #: Connecting is quick or hopeless; waiting for an answer may legitimately take longer.
 CONNECT_TIMEOUT = 10.0
 _MAX_REASON = 500

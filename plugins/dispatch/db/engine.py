@@ -55,10 +55,8 @@ def make_engine(url: str, *, readonly: bool = False, name: str | None = None) ->
         if missing is not None:
             _refuse_to_create(engine, Path(db), missing)  # type: ignore[arg-type]
         return engine
-    # Small multi-row INSERT pages: psycopg converts every named placeholder of a statement
-    # and its cost grows faster than the statement; 1,000-row pages (SQLAlchemy's default)
-    # made inserting 100,000 actions ~4x slower than 20-row pages (measured, docs/benchmark.md).
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, insertmanyvalues_page_size=20)
+    # Bulk writes go through COPY (dispatch.db.bulk), so no INSERT page size is tuned here.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
 def _refuse_to_create(engine: Engine, path: Path, error: MissingDatabaseError) -> None:

@@ -202,6 +202,8 @@ invoices = Table(
     Index(None, "org_id", "number"),
     Index(None, "sending_status"),
     Index(None, "customer_id"),
+    Index(None, "first_seen_run_id"),  # what a run imported (0003)
+    Index(None, "sending_status", "sent_how"),  # outcome totals, index-only (0003)
 )
 
 invoice_actions = Table(
@@ -254,6 +256,7 @@ action_events = Table(
     Column("actor", String(64)),  # the person behind the event; NULL: a run did it on its own
     Column("template_id", String(96)),  # the template version the event sent or re-queued with
     Index(None, "action_id"),
+    Index(None, "run_id", "event"),  # a run's counts read its own events (0003)
 )
 
 rejected_invoices = Table(
@@ -269,6 +272,7 @@ rejected_invoices = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("row_hash", String(64), nullable=False),
     UniqueConstraint("row_hash", "reason"),
+    Index(None, "run_id"),  # 0003
 )
 
 dispatch_runs = Table(
@@ -303,6 +307,17 @@ claim_leases = Table(
     Column("holder", String(255), nullable=False),  # host|boot id|pid namespace|pid
     Column("claimed_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+# To-send invoices still waiting for their action: tag queues them, resolve templates takes
+# them off once their action exists. What stays is the short list of invoices without a
+# template (a child without a plan), retried each run; a run never looks for missing actions
+# across all to-send invoices.
+template_queue = Table(
+    "template_queue",
+    metadata,
+    Column("invoice_id", String(64), primary_key=True),
+    Column("queued_at", UTCDateTime, nullable=False),
 )
 
 # Due sends of a run, in batches: compute_due writes them, each dispatch batch reads its own.

@@ -1,7 +1,7 @@
 """who did it, which template went out, and the analysts' views
 
-Revision ID: 0006
-Revises: 0003 (after main's 0003; the lead re-chains if needed)
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01
 
 * ``action_events.actor``: the person behind an event (``ignored``, ``marked_sent``,
@@ -20,8 +20,8 @@ bodies are frozen here; ``dispatch.db.schema.VIEWS`` holds the same text (a test
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
