@@ -230,7 +230,7 @@ def test_migrated_schema_matches_the_metadata_and_the_views_match_the_migration(
         views = set(sa.inspect(conn).get_view_names())
     assert diff == []
     assert set(VIEWS) <= views
-    path = Path(__file__).parents[1] / "plugins/dispatch/migrations/versions/0006_people_and_views.py"
+    path = Path(__file__).parents[1] / "plugins/dispatch/migrations/versions/0005_people_and_views.py"
     spec = importlib.util.spec_from_file_location("m0006", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
