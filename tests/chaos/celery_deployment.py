@@ -252,14 +252,20 @@ class CeleryDeployment:
         )
 
     def tries(self, task_id: str = "dispatch_batch") -> list[Any]:
-        """Every try of ``task_id`` (earlier tries are in task_instance_history)."""
+        """Every try of ``task_id``, once each: earlier tries are in task_instance_history, and
+        a try that a cleared run found no longer mapped stays in task_instance as ``removed``
+        beside its copy in the history."""
         cols = "run_id, map_index, try_number, state, hostname, pool, start_date, end_date"
-        return self.query(
-            f"SELECT {cols} FROM task_instance WHERE dag_id = :d AND task_id = :t "
-            f"UNION ALL SELECT {cols} FROM task_instance_history WHERE dag_id = :d AND task_id = :t",
+        rows = self.query(
+            f"SELECT {cols} FROM task_instance_history WHERE dag_id = :d AND task_id = :t "
+            f"UNION ALL SELECT {cols} FROM task_instance WHERE dag_id = :d AND task_id = :t",
             d=DAG_ID,
             t=task_id,
         )
+        once: dict[tuple, Any] = {}
+        for row in rows:
+            once.setdefault((row.run_id, row.map_index, row.try_number), row)
+        return list(once.values())
 
     def running_batches(self) -> list[Any]:
         return self.query(
