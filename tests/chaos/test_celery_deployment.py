@@ -118,22 +118,33 @@ def test_celery_deployment_sends_each_invoice_once(pg: World, tmp_path: Path) ->
             # 2. five triggered logical dates; one worker dies in the middle of Wednesday's batches
             triggered = [airflow.trigger(day) for day in trigger_days]
             kill_run = triggered[2]
-            seen_at: list[int] = []
+            handing_over: list[str] = []
 
-            def batches_sending() -> bool:
+            def a_batch_handing_over() -> bool:
+                """A running batch of Wednesday's run whose actions are being handed over
+                (claimed, window recorded, not yet all recorded sent)."""
                 watch()
-                running = [r for r in airflow.running_batches() if r.run_id == kill_run]
+                running = {r.map_index: r.hostname for r in airflow.running_batches() if r.run_id == kill_run}
                 if not running:
                     return False
-                if not seen_at:
-                    seen_at.append(server.sends_received)
-                return server.sends_received - seen_at[0] >= 2 * BATCH // 4
+                with pg.dispatch.connect() as conn:
+                    batches = conn.execute(
+                        sa.text(
+                            "SELECT DISTINCT d.batch_no FROM due_sends d JOIN invoice_actions a "
+                            "ON a.action_id = d.action_id WHERE d.run_id = :r "
+                            "AND a.status = 'sending' AND a.handover_at IS NOT NULL"
+                        ),
+                        {"r": kill_run},
+                    ).scalars()
+                    hosts = [running[b] for b in batches if b in running]
+                handing_over[:] = hosts
+                return bool(hosts)
 
-            airflow.wait_for(batches_sending, 900, "Wednesday's batches sending", step=0.05)
-            running = [r for r in airflow.running_batches() if r.run_id == kill_run]
-            victim = Counter(r.hostname for r in running).most_common(1)[0][0]
-            killed = sorted(r.map_index for r in running if r.hostname == victim)
+            airflow.wait_for(a_batch_handing_over, 900, "a batch of Wednesday handing over", step=0.05)
+            victim = Counter(handing_over).most_common(1)[0][0]
+            killed = sorted(r.map_index for r in airflow.running_batches() if r.hostname == victim)
             received_before_kill = server.sends_received
+            mails_at_kill = server.mails
             airflow.kill9(victim)
             figures["killed"] = f"{victim} (SIGKILL of its process group) running batches {killed}"
             airflow.start_worker(victim)  # the machine comes back
@@ -185,11 +196,20 @@ def test_celery_deployment_sends_each_invoice_once(pg: World, tmp_path: Path) ->
     )
     figures["mails SendGrid had received when the worker was killed"] = received_before_kill
     with pg.dispatch.connect() as conn:
-        events = conn.execute(
-            sa.text("SELECT event, count(*) FROM action_events WHERE run_id = :r GROUP BY event"),
-            {"r": kill_run},
-        ).all()
-    figures["events of the killed day's run"] = dict(sorted((e, int(n)) for e, n in events))
+        events = conn.execute(sa.text("SELECT event, count(*) FROM action_events GROUP BY event")).all()
+        killed_actions = set(
+            conn.execute(
+                sa.text("SELECT action_id FROM due_sends WHERE run_id = :r AND batch_no IN :b").bindparams(
+                    sa.bindparam("b", expanding=True)
+                ),
+                {"r": kill_run, "b": killed},
+            ).scalars()
+        )
+    early = [m.body.get("personalizations", [{}])[0].get("custom_args", {}) for m in mails_at_kill]
+    figures["mails of the killed batches received before the kill"] = sum(
+        1 for args in early if args.get("action_id") in killed_actions
+    )
+    figures["action events"] = dict(sorted((e, int(n)) for e, n in events))
     assert all(max(t.try_number for t in killed_tries if t.map_index == m) >= 2 for m in killed)
 
     timed = [t for t in tries if t.start_date and t.end_date]
