@@ -119,6 +119,18 @@ def test_celery_deployment_sends_each_invoice_once(pg: World, tmp_path: Path) ->
             triggered = [airflow.trigger(day) for day in trigger_days]
             kill_run = triggered[2]
             handing_over: list[str] = []
+            kill_day_actions: list[tuple[int, str]] = []
+
+            def batch_actions() -> list[tuple[int, str]]:
+                if not kill_day_actions:
+                    with pg.dispatch.connect() as conn:
+                        kill_day_actions.extend(
+                            conn.execute(
+                                sa.text("SELECT batch_no, action_id FROM due_sends WHERE run_id = :r"),
+                                {"r": kill_run},
+                            ).all()
+                        )
+                return kill_day_actions
 
             def a_batch_handing_over() -> bool:
                 """A running batch of Wednesday's run whose actions are being handed over
@@ -128,15 +140,18 @@ def test_celery_deployment_sends_each_invoice_once(pg: World, tmp_path: Path) ->
                 if not running:
                     return False
                 with pg.dispatch.connect() as conn:
-                    batches = conn.execute(
+                    sending = conn.execute(
                         sa.text(
-                            "SELECT DISTINCT d.batch_no FROM due_sends d JOIN invoice_actions a "
+                            "SELECT d.batch_no, a.action_id FROM due_sends d JOIN invoice_actions a "
                             "ON a.action_id = d.action_id WHERE d.run_id = :r "
                             "AND a.status = 'sending' AND a.handover_at IS NOT NULL"
                         ),
                         {"r": kill_run},
-                    ).scalars()
-                    hosts = [running[b] for b in batches if b in running]
+                    ).all()
+                received = server.received()
+                # a batch SendGrid has started to receive from, with some of it still to come
+                started = {b for b, action in batch_actions() if received[action] > 0}
+                hosts = [running[b] for b, _ in sending if b in running and b in started]
                 handing_over[:] = hosts
                 return bool(hosts)
 
