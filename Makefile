@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench chaos constraints clean
+.PHONY: install install-celery demo test test-fast lint bench chaos constraints clean
 
 install: $(STAMP)
 
@@ -18,6 +18,15 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	$(PIP) install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+# The Celery deployment without Docker (docs/airflow.md): the Celery provider, celery, kombu
+# and the redis client of requirements-celery.txt, under the same constraints.txt.
+CELERY_STAMP := $(VENV)/.installed-celery
+install-celery: $(CELERY_STAMP)
+
+$(CELERY_STAMP): $(STAMP) requirements-celery.txt
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt -r requirements-celery.txt -c constraints.txt
+	touch $(CELERY_STAMP)
 
 demo: install
 	$(PY) -m dispatch.airflow_demo
@@ -38,9 +47,11 @@ bench: install
 	$(PY) -m dispatch.bench --backend $(BACKEND) $(if $(N),--invoices $(N),)
 
 # Attack running pipelines from outside (kill -9, concurrent runs, provider, database and
-# disk faults) and print the figures of exactly-once / nothing-lost; bounded (~30-40 min).
+# disk faults, a Celery deployment with a worker killed) and print the figures of
+# exactly-once / nothing-lost; bounded (~30-40 min). The Celery deployment needs Redis at
+# 127.0.0.1:6379 (DISPATCH_TEST_CELERY_BROKER, default redis://127.0.0.1:6379/7).
 # Sizes: CHAOS_KILLS (100), CHAOS_KILLS_LOOKUP (30), CHAOS_MESSAGES (10000).
-chaos: install
+chaos: install-celery
 	CHAOS=1 $(PY) -m pytest -q -p no:cacheprovider tests/chaos
 
 constraints:
