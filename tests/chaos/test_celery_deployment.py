@@ -212,14 +212,8 @@ def test_celery_deployment_sends_each_invoice_once(pg: World, tmp_path: Path) ->
     figures["mails SendGrid had received when the worker was killed"] = received_before_kill
     with pg.dispatch.connect() as conn:
         events = conn.execute(sa.text("SELECT event, count(*) FROM action_events GROUP BY event")).all()
-        killed_actions = set(
-            conn.execute(
-                sa.text("SELECT action_id FROM due_sends WHERE run_id = :r AND batch_no IN :b").bindparams(
-                    sa.bindparam("b", expanding=True)
-                ),
-                {"r": kill_run, "b": killed},
-            ).scalars()
-        )
+    # the staging of the killed day as it was at the kill (the cleared re-run staged it anew)
+    killed_actions = {action for b, action in kill_day_actions if b in killed}
     early = [m.body.get("personalizations", [{}])[0].get("custom_args", {}) for m in mails_at_kill]
     figures["mails of the killed batches received before the kill"] = sum(
         1 for args in early if args.get("action_id") in killed_actions
