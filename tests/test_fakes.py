@@ -9,6 +9,7 @@ pinned here, through the SDK the project uses (sendgrid, twilio) or plain HTTP (
 from __future__ import annotations
 
 import base64
+import os
 import smtplib
 import threading
 import time
@@ -33,7 +34,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
 from tests.fakes.lob_server import FakeLob
-from tests.fakes.openapi import SHARED_APIS_ENV, decode_form, load_document
+from tests.fakes.openapi import KEPT_APIS_DIR, PROVIDER_APIS_ENV, decode_form, load_document
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSMTP
 from tests.fakes.twilio_server import FakeTwilio
@@ -182,9 +183,23 @@ def test_openapi_30_nullable_is_honoured_and_31_documents_are_left_alone() -> No
 def test_documents_are_found_through_the_environment_override(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(SHARED_APIS_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=SHARED_APIS_ENV):
+    monkeypatch.setenv(PROVIDER_APIS_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=PROVIDER_APIS_ENV):
         FakeSendGrid()
+
+
+def test_the_kept_documents_are_the_providers_published_ones() -> None:
+    """Where the team's copy of the providers' documents sits beside the repository (or
+    DISPATCH_PUBLISHED_APIS names one), the copy kept in tests/fakes/apis must not drift from it."""
+    published = Path(
+        os.environ.get("DISPATCH_PUBLISHED_APIS", KEPT_APIS_DIR.parents[2].parent / "shared" / "apis")
+    )
+    if not published.is_dir():
+        pytest.skip(f"no published copy of the providers' documents at {published}")
+    kept = sorted(p.name for p in KEPT_APIS_DIR.glob("*.json"))
+    assert kept == sorted(p.name for p in published.glob("*.json"))
+    for name in kept:
+        assert (KEPT_APIS_DIR / name).read_bytes() == (published / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------------------------

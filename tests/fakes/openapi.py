@@ -1,9 +1,9 @@
 """The providers' published OpenAPI documents, as the fake servers use them to refuse bad requests.
 
 Why this exists: a fake that accepts whatever the client sends proves nothing. Each fake looks
-the request up in the provider's own document (``../shared/apis`` beside the repository, or
-``DISPATCH_SHARED_APIS``) and checks parameters and body with ``jsonschema`` (Draft 2020-12), so
-a request the real provider would refuse fails the test too.
+the request up in the provider's own document (the copy kept in ``tests/fakes/apis``, or the
+folder ``DISPATCH_PROVIDER_APIS`` names) and checks parameters and body with ``jsonschema``
+(Draft 2020-12), so a request the real provider would refuse fails the test too.
 
 Three things the documents need before a 2020-12 validator can use them:
 
@@ -32,17 +32,19 @@ from urllib.parse import urlparse
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, relevance
 
-SHARED_APIS_ENV = "DISPATCH_SHARED_APIS"
+#: another folder of the providers' documents (the default is the copy kept in tests/fakes/apis)
+PROVIDER_APIS_ENV = "DISPATCH_PROVIDER_APIS"
+#: the kept copy, in the repository
+KEPT_APIS_DIR = Path(__file__).resolve().parent / "apis"
 
 JSON = Any  # a decoded JSON value
 
 
 def shared_apis_dir() -> Path:
-    """Where the providers' documents are: ``$DISPATCH_SHARED_APIS`` or ``../shared/apis`` of the repo."""
-    override = os.environ.get(SHARED_APIS_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "apis"
+    """Where the providers' documents are: the copy kept beside this module (``apis/``), unless
+    ``$DISPATCH_PROVIDER_APIS`` names another folder."""
+    override = os.environ.get(PROVIDER_APIS_ENV)
+    return Path(override) if override else KEPT_APIS_DIR
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,12 +535,12 @@ def _load(path: str) -> OpenApiDocument:
 
 
 def load_document(filename: str, apis_dir: Path | None = None) -> OpenApiDocument:
-    """Load (once) a document of the shared ``apis`` directory by file name."""
+    """Load (once) a document of the providers' ``apis`` directory by file name."""
     directory = apis_dir or shared_apis_dir()
     path = directory / filename
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: the providers' OpenAPI documents live in ../shared/apis beside the "
-            f"repository; set {SHARED_APIS_ENV} to their directory"
+            f"{path} not found: the providers' OpenAPI documents are kept in tests/fakes/apis; "
+            f"{PROVIDER_APIS_ENV} names another folder of them"
         )
     return _load(str(path.resolve()))
