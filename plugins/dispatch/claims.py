@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Connection, and_, delete, func, insert, not_, select, update
@@ -36,6 +37,24 @@ from dispatch.outcomes import Outcome, apply_outcomes
 from dispatch.runs import RunContext
 
 log = logging.getLogger(__name__)
+
+
+def _unclaimed(at: dt.datetime) -> dict[str, Any]:
+    """The columns of an action whose claim is given back before its hand-over: scheduled
+    again, and what the send had written ahead of the hand-over (recipient, delivery time,
+    provider, the attempt) did not happen."""
+    return {
+        "status": "scheduled",
+        "claim_token": None,
+        "claimed_at": None,
+        "claimed_by_run": None,
+        "handover_at": None,
+        "recipient": None,
+        "deliver_at": None,
+        "provider": None,
+        "attempts": invoice_actions.c.attempts - 1,
+        "updated_at": at,
+    }
 
 
 def token_prefix(run_id: str, scope: str) -> str:
@@ -138,19 +157,7 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
                 invoice_actions.c.status == "sending",
                 invoice_actions.c.claim_token == token,
             )
-            .values(
-                status="scheduled",
-                claim_token=None,
-                claimed_at=None,
-                claimed_by_run=None,
-                handover_at=None,
-                # what the send had written ahead of the hand-over did not happen
-                recipient=None,
-                deliver_at=None,
-                provider=None,
-                attempts=invoice_actions.c.attempts - 1,
-                updated_at=ctx.as_of,
-            )
+            .values(_unclaimed(ctx.as_of))
             .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
         ).all()
         record_events(conn, rows, event="released", at=ctx.as_of, run_id=ctx.run_id, detail=why)
@@ -222,17 +229,7 @@ def release_never_handed_over(conn: Connection, token: str, ctx: RunContext, why
             invoice_actions.c.status == "sending",
             invoice_actions.c.handover_at.is_(None),
         )
-        .values(
-            status="scheduled",
-            claim_token=None,
-            claimed_at=None,
-            claimed_by_run=None,
-            recipient=None,
-            deliver_at=None,
-            provider=None,
-            attempts=invoice_actions.c.attempts - 1,
-            updated_at=ctx.as_of,
-        )
+        .values(_unclaimed(ctx.as_of))
         .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
     ).all()
     record_events(
