@@ -29,7 +29,7 @@ $(CELERY_STAMP): $(STAMP) requirements-celery.txt
 	touch $(CELERY_STAMP)
 
 demo: install
-	$(PY) -m dispatch.airflow_demo
+	$(PY) -m dispatch.devtools.airflow_demo
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -44,7 +44,7 @@ lint: install
 # Every performance target side by side (docs/benchmark.md): make bench N=1000000 BACKEND=postgres
 BACKEND ?= postgres
 bench: install
-	$(PY) -m dispatch.bench --backend $(BACKEND) $(if $(N),--invoices $(N),)
+	$(PY) -m dispatch.devtools.bench --backend $(BACKEND) $(if $(N),--invoices $(N),)
 
 # Attack running pipelines from outside (kill -9, concurrent runs, provider, database and
 # disk faults, a Celery deployment with a worker killed) and print the figures of

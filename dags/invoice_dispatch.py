@@ -33,7 +33,7 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException
-from dispatch import airflow_tasks as steps
+from dispatch.runtime import airflow_tasks as steps
 
 CONFIG = steps.dag_config()
 RESULT_ASSETS = [

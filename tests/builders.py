@@ -1,7 +1,7 @@
 """A small, explicit builder of end-to-end scenarios: accounting data + configuration + runs.
 
 Each test gets a :class:`World`: a real dispatch database (migrated) and a real accounting
-database (``dispatch.accounting_schema``), on SQLite files or throwaway PostgreSQL databases
+database (``dispatch.storage.accounting_schema``), on SQLite files or throwaway PostgreSQL databases
 (the ``db_urls`` fixture), and an outbox directory of its own. A scenario reads like the
 story it tells::
 
@@ -42,12 +42,12 @@ import pandas as pd
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner, Result
-from dispatch import accounting_schema as acc
-from dispatch.config_file import LoadSummary, load_config_file
-from dispatch.db.engine import make_engine
-from dispatch.db.migrate import is_current, upgrade
-from dispatch.pipeline import RunReport, run_pipeline
-from dispatch.settings import Settings, load_settings
+from dispatch.config.file import LoadSummary, load_config_file
+from dispatch.config.settings import Settings, load_settings
+from dispatch.runtime.pipeline import RunReport, run_pipeline
+from dispatch.storage import accounting_schema as acc
+from dispatch.storage.engine import make_engine
+from dispatch.storage.migrate import is_current, upgrade
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import PgDatabases
@@ -440,7 +440,7 @@ class World:
         issue = day(issued)
         pdf_path = None
         if pdf:
-            from dispatch.letters import build_invoice_placeholder_pdf
+            from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 
             path = self.pdf_root / f"{invoice_id}.pdf"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -545,7 +545,7 @@ class World:
 
     def action(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice's action with instants as aware UTC datetimes, or None."""
-        from dispatch.db.schema import invoice_actions
+        from dispatch.storage.schema import invoice_actions
 
         with self.dispatch.connect() as conn:
             row = conn.execute(
@@ -554,14 +554,14 @@ class World:
         return dict(row._mapping) if row else None
 
     def actions(self) -> list[dict[str, Any]]:
-        from dispatch.db.schema import invoice_actions
+        from dispatch.storage.schema import invoice_actions
 
         with self.dispatch.connect() as conn:
             rows = conn.execute(sa.select(invoice_actions).order_by(invoice_actions.c.invoice_id)).all()
         return [dict(r._mapping) for r in rows]
 
     def invoice_row(self, invoice_id: str) -> dict[str, Any] | None:
-        from dispatch.db.schema import invoices
+        from dispatch.storage.schema import invoices
 
         with self.dispatch.connect() as conn:
             row = conn.execute(sa.select(invoices).where(invoices.c.invoice_id == invoice_id)).first()
@@ -573,7 +573,7 @@ class World:
 
     def events(self, invoice_id: str | None = None) -> list[dict[str, Any]]:
         """The event log (of one invoice), oldest first, ``at`` as aware UTC."""
-        from dispatch.db.schema import action_events
+        from dispatch.storage.schema import action_events
 
         stmt = sa.select(action_events).order_by(action_events.c.event_id)
         if invoice_id is not None:

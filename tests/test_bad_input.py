@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatch.template_resolution import action_id_for
+from dispatch.stages.resolve_templates import action_id_for
 
 from tests.builders import World, eml_parts, instant, open_world
 

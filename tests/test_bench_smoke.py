@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dispatch.bench import STAGES, main
+from dispatch.devtools.bench import STAGES, main
 
 N = 300
 NEW = 30

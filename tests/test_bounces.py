@@ -12,11 +12,11 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
-from dispatch.bounces import LOOKBACK, WATERMARK, pull_bounces
 from dispatch.channels import sendgrid as sg_module
 from dispatch.channels.base import FatalChannelError
-from dispatch.db.session import Database
-from dispatch.runs import RunContext
+from dispatch.runtime.runs import RunContext
+from dispatch.stages.pull_bounces import LOOKBACK, WATERMARK, pull_bounces
+from dispatch.storage.session import Database
 
 from tests.builders import World, instant
 from tests.fakes.sendgrid_server import FakeSendGrid

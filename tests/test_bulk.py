@@ -12,10 +12,10 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from dispatch.db import bulk
-from dispatch.db.engine import make_engine
-from dispatch.db.migrate import upgrade
-from dispatch.db.schema import customers, invoice_actions, invoices
+from dispatch.storage import bulk
+from dispatch.storage.engine import make_engine
+from dispatch.storage.migrate import upgrade
+from dispatch.storage.schema import customers, invoice_actions, invoices
 
 UTC = dt.UTC
 TRICKY = ["plain", "tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "", 'quote"d', "Zoë ✓"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
-from dispatch.letters import read_letter_metadata
-from dispatch.template_resolution import action_id_for
+from dispatch.channels.formats.letter_pdf import read_letter_metadata
+from dispatch.stages.resolve_templates import action_id_for
 
 from tests.builders import World, eml_parts, parse_eml
 

@@ -110,7 +110,7 @@ def test_an_unexpected_failure_is_one_line_exit_1_and_debug_shows_the_traceback(
     def boom(*_args, **_kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr("dispatch.operations.todo_list", boom)
+    monkeypatch.setattr("dispatch.people.operations.todo_list", boom)
     line = _one_line(w.cli("todo"), 1)
     assert (
         line == "dispatch: unexpected error: RuntimeError: disk on fire (run with --debug for the traceback)"

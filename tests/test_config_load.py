@@ -18,11 +18,11 @@ from typing import NamedTuple
 import pytest
 import sqlalchemy as sa
 import yaml
-from dispatch.config_file import Counts, LoadSummary, dump_config, load_config_file, template_version_id
-from dispatch.db.engine import make_engine
-from dispatch.db.migrate import upgrade
-from dispatch.db.schema import customer_plans, invoice_templates, organizations, plans, users
+from dispatch.config.file import Counts, LoadSummary, dump_config, load_config_file, template_version_id
 from dispatch.errors import ConfigError
+from dispatch.storage.engine import make_engine
+from dispatch.storage.migrate import upgrade
+from dispatch.storage.schema import customer_plans, invoice_templates, organizations, plans, users
 
 from tests.conftest import PgDatabases, require_postgres
 

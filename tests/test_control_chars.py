@@ -1,6 +1,6 @@
 """No control character reaches a message (issue 7, item 6).
 
-The rule (:mod:`dispatch.control_chars`), then each format's gate on its own — MIME e-mail,
+The rule (:mod:`dispatch.rules.control_chars`), then each format's gate on its own — MIME e-mail,
 the SendGrid request, the SMS text, the letter PDF, the postal address, the print manifest —
 and finally whole runs on SQLite and PostgreSQL where the accounting system's customer names,
 invoice numbers and addresses carry NUL, escape sequences, backspaces and DEL.
@@ -17,14 +17,25 @@ from pathlib import Path
 
 import pytest
 from dispatch.channels.base import Attachment, OutgoingMessage, PermanentError
+from dispatch.channels.formats.letter_manifest import ManifestRow, read_manifest
+from dispatch.channels.formats.letter_pdf import (
+    build_invoice_placeholder_pdf,
+    build_letter_pdf,
+    read_letter_metadata,
+)
+from dispatch.channels.formats.mime import build_email
+from dispatch.channels.formats.postal_address import parse_postal_address
+from dispatch.channels.formats.sms_text import measure_sms, normalize_sms
 from dispatch.channels.outbox import OutboxChannel
 from dispatch.channels.sendgrid import build_mail_body
-from dispatch.control_chars import CONTROLS, clean_block, clean_body, clean_line, has_controls, strip_controls
-from dispatch.emails import build_email
-from dispatch.letter_manifest import ManifestRow, read_manifest
-from dispatch.letters import build_invoice_placeholder_pdf, build_letter_pdf, read_letter_metadata
-from dispatch.postal_address import parse_postal_address
-from dispatch.sms_text import measure_sms, normalize_sms
+from dispatch.rules.control_chars import (
+    CONTROLS,
+    clean_block,
+    clean_body,
+    clean_line,
+    has_controls,
+    strip_controls,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from pypdf import PdfReader

@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from dispatch import due, template_resolution
-from dispatch.db.schema import metadata
+from dispatch.stages import compute_due_sends as due
+from dispatch.stages import resolve_templates as template_resolution
+from dispatch.storage.schema import metadata
 
 from tests.builders import World, open_world
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dispatch.db import schema
-from dispatch.events import EVENTS
-from dispatch.writeback import OUTCOMES
+from dispatch.sending.events import EVENTS
+from dispatch.stages.write_back import OUTCOMES
+from dispatch.storage import schema
 
 from tests.builders import World, open_world
 

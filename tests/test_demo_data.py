@@ -18,15 +18,15 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from babel.numbers import list_currencies
-from dispatch.accounting_schema import create_accounting_schema
-from dispatch.bench_data import BENCH_PLANS, append_new_invoices, generate_bench
-from dispatch.demo_data import (
+from dispatch.devtools.bench_data import BENCH_PLANS, append_new_invoices, generate_bench
+from dispatch.devtools.demo_data import (
     MALFORMED,
     NOTABLE,
     apply_accounting_changes,
     build_demo,
     render_demo_config,
 )
+from dispatch.storage.accounting_schema import create_accounting_schema
 from email_validator import EmailNotValidError, validate_email
 from pypdf import PdfReader
 
@@ -381,8 +381,8 @@ def test_demo_config_is_rendered_and_complete(demo) -> None:
 
 
 def test_demo_config_loads_with_the_real_loader(demo, tmp_path: Path) -> None:
-    from dispatch.config_file import load_config_file
-    from dispatch.db.migrate import upgrade
+    from dispatch.config.file import load_config_file
+    from dispatch.storage.migrate import upgrade
 
     summary = demo[0]
     dispatch_engine = sa.create_engine(f"sqlite:///{tmp_path / 'dispatch.db'}")
@@ -525,8 +525,8 @@ def test_bench_exact_counts_config_and_append(db_urls: dict[str, str], tmp_path:
 
 
 def test_bench_append_fraction_and_config_loads(tmp_path: Path) -> None:
-    from dispatch.config_file import load_config_file
-    from dispatch.db.migrate import upgrade
+    from dispatch.config.file import load_config_file
+    from dispatch.storage.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     summary = generate_bench(url, 1000, start=dt.date(2026, 12, 2), seed=1, append_fraction=0.05,

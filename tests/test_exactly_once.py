@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from dispatch.channels.base import OutgoingMessage, SendResult
 from dispatch.channels.outbox import OutboxChannel
-from dispatch.claims import claim
-from dispatch.db.schema import claim_leases
-from dispatch.db.session import Database
-from dispatch.liveness import database_now, holder_identity
-from dispatch.runs import RunContext
-from dispatch.template_resolution import action_id_for
+from dispatch.runtime.runs import RunContext
+from dispatch.sending.claims import claim
+from dispatch.sending.liveness import database_now, holder_identity
+from dispatch.stages.resolve_templates import action_id_for
+from dispatch.storage.schema import claim_leases
+from dispatch.storage.session import Database
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update

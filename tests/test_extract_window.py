@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatch import extract
+from dispatch.stages import extract_invoices as extract
 
 from tests.builders import World, instant, open_world
 

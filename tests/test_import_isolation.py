@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dispatch import source
+from dispatch.storage import source
 
 from tests.builders import World, day, instant, open_world
 

@@ -7,8 +7,8 @@ import datetime as dt
 import math
 
 import pandas as pd
-from dispatch import import_rules as rules
-from dispatch.extract import validate_invoices
+from dispatch.rules import import_rules as rules
+from dispatch.stages.extract_invoices import validate_invoices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

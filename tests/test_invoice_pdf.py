@@ -1,6 +1,6 @@
 """Invoice PDFs come only from DISPATCH_PDF_ROOT, and only if they are PDFs (issue 7, item 1).
 
-First the rule itself (:func:`dispatch.invoice_pdf.read_invoice_pdf`) on real files, FIFOs,
+First the rule itself (:func:`dispatch.sending.invoice_pdf.read_invoice_pdf`) on real files, FIFOs,
 devices and symbolic links, with a property test over paths made of ``..``, ``.``, links and
 names; then whole pipeline runs on SQLite and PostgreSQL in which hostile ``pdf_path`` values
 sit beside good ones, for e-mail through the outbox and through the local SendGrid, and for
@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from dispatch import accounting_schema as acc
 from dispatch.channels import sendgrid as sg_module
 from dispatch.channels.factory import build_channels
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
-from dispatch.invoice_pdf import (
+from dispatch.config.settings import DEFAULT_PDF_MAX_BYTES, load_settings
+from dispatch.sending.invoice_pdf import (
     INVALID,
     MISSING,
     OUTSIDE,
@@ -35,8 +36,7 @@ from dispatch.invoice_pdf import (
     locate_invoice_pdf,
     read_invoice_pdf,
 )
-from dispatch.letters import build_invoice_placeholder_pdf
-from dispatch.settings import DEFAULT_PDF_MAX_BYTES, load_settings
+from dispatch.storage import accounting_schema as acc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader

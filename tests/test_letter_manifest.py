@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dispatch import letter_manifest
 from dispatch.channels.base import Attachment, OutgoingMessage, SendResult, TransientError
-from dispatch.channels.outbox import OutboxChannel
-from dispatch.letter_manifest import (
+from dispatch.channels.formats import letter_manifest
+from dispatch.channels.formats.letter_manifest import (
     COLUMNS,
     ManifestRow,
     append_row,
@@ -27,7 +26,8 @@ from dispatch.letter_manifest import (
     read_manifest,
     rebuild_manifest,
 )
-from dispatch.letters import build_invoice_placeholder_pdf
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
+from dispatch.channels.outbox import OutboxChannel
 from pypdf import PdfReader
 
 from tests.builders import World

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from dispatch import letters
-from dispatch.letters import (
+from dispatch.channels.formats import letter_pdf as letters
+from dispatch.channels.formats.letter_pdf import (
     build_invoice_placeholder_pdf,
     build_letter_pdf,
     read_letter_metadata,

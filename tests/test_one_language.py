@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dispatch.messages import wording_locale
-from dispatch.rendering import TemplateSpec, build_context, render_message
+from dispatch.rendering.engine import TemplateSpec, build_context, render_message
+from dispatch.sending.messages import wording_locale
 from pypdf import PdfReader
 
 from tests.builders import World, open_world

@@ -21,9 +21,9 @@ from dispatch.channels import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
+from dispatch.channels.formats.mime import build_email
 from dispatch.channels.outbox import OutboxChannel
-from dispatch.emails import build_email
-from dispatch.letters import build_invoice_placeholder_pdf
 from pypdf import PdfReader
 
 PARIS_0830 = dt.datetime(2025, 3, 3, 7, 30, tzinfo=dt.UTC)  # 08:30 in Paris

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from dispatch.actor import BadActorError, default_actor, resolve_actor
-from dispatch.db.schema import VIEWS, metadata, view_sql
-from dispatch.db.session import Database
-from dispatch.operations import ignore_actions, mark_sent
-from dispatch.preview import preview
+from dispatch.people.actor import BadActorError, default_actor, resolve_actor
+from dispatch.people.operations import ignore_actions, mark_sent
+from dispatch.runtime.preview import preview
+from dispatch.storage.schema import VIEWS, metadata, view_sql
+from dispatch.storage.session import Database
 
 from tests.builders import World, instant, open_world
 
@@ -230,7 +230,7 @@ def test_migrated_schema_matches_the_metadata_and_the_views_match_the_migration(
         views = set(sa.inspect(conn).get_view_names())
     assert diff == []
     assert set(VIEWS) <= views
-    path = Path(__file__).parents[1] / "plugins/dispatch/migrations/versions/0005_people_and_views.py"
+    path = Path(__file__).parents[1] / "plugins/dispatch/storage/migrations/versions/0005_people_and_views.py"
     spec = importlib.util.spec_from_file_location("m0006", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

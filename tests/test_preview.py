@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dispatch.preview import preview
-from dispatch.template_resolution import action_id_for
+from dispatch.runtime.preview import preview
+from dispatch.stages.resolve_templates import action_id_for
 
 from tests.builders import World, instant, open_world
 

@@ -24,12 +24,12 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.factory import build_channels
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf, build_letter_pdf
+from dispatch.channels.formats.postal_address import AddressError, PostalAddress, parse_postal_address
 from dispatch.channels.printapi import PrintApiChannel, fit_to_us_letter, from_settings
 from dispatch.channels.retry import RetryPolicy
+from dispatch.config.settings import Settings, load_settings
 from dispatch.errors import DispatchError
-from dispatch.letters import build_invoice_placeholder_pdf, build_letter_pdf
-from dispatch.postal_address import AddressError, PostalAddress, parse_postal_address
-from dispatch.settings import Settings, load_settings
 from pypdf import PdfReader
 
 from tests.builders import World, instant

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from dispatch.recipients import INVALID_CONTACT, NO_CONTACT, check_email, pick_recipients
+from dispatch.rules.recipients import INVALID_CONTACT, NO_CONTACT, check_email, pick_recipients
 
 CONTACT_COLUMNS = ["contact_id", "customer_id", "name", "email", "phone", "postal_address", "is_billing"]
 

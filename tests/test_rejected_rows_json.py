@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatch.extract import _raw_text
+from dispatch.stages.extract_invoices import _raw_text
 
 from tests.builders import World, open_world
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from babel.numbers import format_currency
-from dispatch.rendering import (
+from dispatch.rendering.engine import (
     Rendered,
     TemplateError,
     TemplateSpec,

@@ -22,7 +22,7 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.errors import ConfigError
-from dispatch.template_resolution import action_id_for
+from dispatch.stages.resolve_templates import action_id_for
 
 from tests.builders import World, eml_parts, instant, only, open_world, weekday_runs
 

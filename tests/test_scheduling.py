@@ -13,7 +13,7 @@ import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 import pytest
-from dispatch.scheduling import (
+from dispatch.rules.scheduling import (
     MAX_DELAY_DAYS,
     OUT_OF_RANGE,
     SUPPORTED_FROM,

@@ -27,11 +27,11 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
 from dispatch.channels.sendgrid import SendGridApi, SendGridChannel, from_settings, retry_after_seconds
+from dispatch.config.settings import load_settings
 from dispatch.errors import DispatchError
-from dispatch.letters import build_invoice_placeholder_pdf
-from dispatch.settings import load_settings
 from pypdf import PdfReader
 
 from tests.builders import World, instant

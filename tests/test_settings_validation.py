@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from dispatch.config.settings import ENV_NAMES, INT_RANGES, SECONDS_RANGES, load_settings
 from dispatch.errors import DispatchError
-from dispatch.settings import ENV_NAMES, INT_RANGES, SECONDS_RANGES, load_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

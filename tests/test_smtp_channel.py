@@ -23,11 +23,11 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
 from dispatch.channels.smtp import SmtpChannel, dot_stuffed, from_settings
+from dispatch.config.settings import airflow_connection_values, load_settings
 from dispatch.errors import DispatchError
-from dispatch.letters import build_invoice_placeholder_pdf
-from dispatch.settings import airflow_connection_values, load_settings
 from pypdf import PdfReader
 
 from tests.builders import World, eml_parts, instant

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dispatch import template_limits
-from dispatch.rendering import (
+from dispatch.rendering import limits as template_limits
+from dispatch.rendering.engine import (
     TemplateError,
     TemplateSpec,
     build_context,

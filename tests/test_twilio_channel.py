@@ -23,11 +23,11 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.factory import build_channels
+from dispatch.channels.formats.sms_text import GSM7, UCS2, SmsLength, measure_sms, normalize_sms
 from dispatch.channels.retry import RetryPolicy
 from dispatch.channels.twilio import CLOCK_MARGIN, SCHEDULE_MAX, TwilioChannel, from_settings
+from dispatch.config.settings import Settings, load_settings
 from dispatch.errors import DispatchError
-from dispatch.settings import Settings, load_settings
-from dispatch.sms_text import GSM7, UCS2, SmsLength, measure_sms, normalize_sms
 
 from tests.builders import World, instant
 from tests.fakes.twilio_server import FakeTwilio

@@ -54,7 +54,7 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dispatch.db_errors import explain
+        from dispatch.storage.errors import explain
 
         try:
             return fn(*args, **kwargs)
@@ -89,10 +89,10 @@ def parse_instant(value: str | None, option: str = "--at") -> dt.datetime:
     """ISO 8601; a value without offset is UTC; a bare date means 00:00 UTC that day.
 
     The instant must lie in the range the scheduler computes with (1970-01-01 to
-    2200-01-01 UTC, :data:`dispatch.scheduling.SUPPORTED_FROM` / ``SUPPORTED_UNTIL``):
+    2200-01-01 UTC, :data:`dispatch.rules.scheduling.SUPPORTED_FROM` / ``SUPPORTED_UNTIL``):
     outside it, date arithmetic would overflow instead of answering.
     """
-    from dispatch.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
+    from dispatch.rules.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
 
     if value is None:
         return dt.datetime.now(dt.UTC)
@@ -113,7 +113,7 @@ def parse_instant(value: str | None, option: str = "--at") -> dt.datetime:
 
 def parse_day(value: str, option: str) -> dt.date:
     """An ISO date (``2026-12-02``) inside the scheduler's range, or a one-line exit 2."""
-    from dispatch.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
+    from dispatch.rules.scheduling import SUPPORTED_RANGE_TEXT, in_supported_range
 
     try:
         day = dt.date.fromisoformat(value.strip())
@@ -125,7 +125,7 @@ def parse_day(value: str, option: str) -> dt.date:
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from dispatch.settings import load_settings
+    from dispatch.config.settings import load_settings
 
     return load_settings()
 
@@ -157,7 +157,7 @@ def emit(
 ) -> None:
     """One JSON array of objects, CSV, or a table within 120 columns (``table_columns``, in
     order of importance, are the ones shown while they fit)."""
-    from dispatch import listing
+    from dispatch.people import listing
 
     if columns:
         df = df[[c for c in columns if c in df.columns]]
@@ -202,8 +202,8 @@ def db() -> None:
 @handle_errors
 def db_init() -> None:
     """Create or upgrade the dispatch schema (idempotent)."""
-    from dispatch.db.engine import make_engine
-    from dispatch.db.migrate import upgrade
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.migrate import upgrade
 
     settings = _settings()
     before, after = upgrade(make_engine(settings.dispatch_db_url))
@@ -226,9 +226,9 @@ def config() -> None:
 @handle_errors
 def config_load(file: Path) -> None:
     """Load FILE.yaml (all-or-nothing; see docs/configuration.md)."""
-    from dispatch.config_file import load_config_file
-    from dispatch.db.engine import make_engine
-    from dispatch.pipeline import ensure_schema
+    from dispatch.config.file import load_config_file
+    from dispatch.runtime.pipeline import ensure_schema
+    from dispatch.storage.engine import make_engine
 
     if not file.exists():
         raise Fail(f"{file}: no such file")
@@ -246,9 +246,9 @@ def config_load(file: Path) -> None:
 def config_dump(output: Path | None) -> None:
     """Print the stored configuration in the format `config load` reads (loading it back
     changes nothing)."""
-    from dispatch.config_dump import dump_config_yaml
-    from dispatch.db.engine import make_engine
-    from dispatch.operations import require_schema
+    from dispatch.config.dump import dump_config_yaml
+    from dispatch.people.operations import require_schema
+    from dispatch.storage.engine import make_engine
 
     engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
     require_schema(engine)
@@ -264,7 +264,7 @@ def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
     """The accounting engine when it can be reached (to check assignments across orgs)."""
     from sqlalchemy import inspect
 
-    from dispatch.db.engine import make_engine
+    from dispatch.storage.engine import make_engine
 
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         return None
@@ -286,8 +286,8 @@ def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
 def run(at: str | None, as_json: bool) -> None:
     """The whole daily pipeline as of INSTANT: extract, tag, resolve templates, compute due
     sends, dispatch, write back; prints counts."""
-    from dispatch.pipeline import run_pipeline
-    from dispatch.run_progress import progress_printer
+    from dispatch.runtime.pipeline import run_pipeline
+    from dispatch.runtime.run_progress import progress_printer
 
     as_of = parse_instant(at)
     verbose = bool(click.get_current_context().find_root().params.get("verbose"))
@@ -324,7 +324,7 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
     reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.") and v}
     if reasons:
         lines.append("  to do by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
-    from dispatch.writeback import OUTCOMES
+    from dispatch.stages.write_back import OUTCOMES
 
     lines.append(
         "  all invoices: "
@@ -341,8 +341,8 @@ def format_report(report) -> str:  # type: ignore[no-untyped-def]
 @handle_errors
 def preview(at: str | None, as_json: bool, as_csv: bool) -> None:
     """What `run` would do as of INSTANT, and why not — changing nothing."""
-    from dispatch.preview import COLUMNS
-    from dispatch.preview import preview as do_preview
+    from dispatch.runtime.preview import COLUMNS
+    from dispatch.runtime.preview import preview as do_preview
 
     as_of = parse_instant(at)
     df = do_preview(_settings(), as_of)
@@ -356,9 +356,9 @@ def preview(at: str | None, as_json: bool, as_csv: bool) -> None:
 @handle_errors
 def runs(limit: int, as_json: bool, as_csv: bool) -> None:
     """The recorded runs, newest first: as-of, status, duration and counts."""
-    from dispatch.db.engine import make_engine
-    from dispatch.operations import require_schema
-    from dispatch.run_history import COLUMNS, list_runs
+    from dispatch.people.operations import require_schema
+    from dispatch.runtime.run_history import COLUMNS, list_runs
+    from dispatch.storage.engine import make_engine
 
     engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
     require_schema(engine)
@@ -395,8 +395,8 @@ def todo(ctx: click.Context, owner: str | None, as_json: bool, as_csv: bool) -> 
     """Open manual invoicing actions (the to-do list)."""
     if ctx.invoked_subcommand is not None:
         return
-    from dispatch.db.engine import make_engine
-    from dispatch.operations import todo_list
+    from dispatch.people.operations import todo_list
+    from dispatch.storage.engine import make_engine
 
     engine = make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL")
     emit(todo_list(engine, owner), as_json, TODO_COLUMNS, as_csv=as_csv, table_columns=TODO_TABLE)
@@ -423,9 +423,9 @@ BY_OPTION = click.option(
 
 
 def _db_and_settings():  # type: ignore[no-untyped-def]
-    from dispatch.db.engine import make_engine
-    from dispatch.db.session import Database
-    from dispatch.pipeline import ensure_schema
+    from dispatch.runtime.pipeline import ensure_schema
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.session import Database
 
     settings = _settings()
     engine = make_engine(settings.dispatch_db_url)
@@ -441,8 +441,8 @@ def _db_and_settings():  # type: ignore[no-untyped-def]
 def todo_send(action_id: str, at: str | None, by: str | None) -> None:
     """Send a manual action now through its channel."""
     from dispatch.channels.factory import build_channels
-    from dispatch.db.engine import make_engine
-    from dispatch.operations import send_action_now
+    from dispatch.people.operations import send_action_now
+    from dispatch.storage.engine import make_engine
 
     when = parse_instant(at)
     db, settings = _db_and_settings()
@@ -475,7 +475,7 @@ def todo_send(action_id: str, at: str | None, by: str | None) -> None:
 @handle_errors
 def todo_ignore(action_ids: tuple[str, ...], at: str | None, by: str | None) -> None:
     """Ignore one or many actions (each invoice then counts as sent)."""
-    from dispatch.operations import ignore_actions
+    from dispatch.people.operations import ignore_actions
 
     when = parse_instant(at)
     db, _ = _db_and_settings()
@@ -496,8 +496,8 @@ def invoices(ctx: click.Context, status: str | None, as_json: bool, as_csv: bool
     """List invoices with their status."""
     if ctx.invoked_subcommand is not None:
         return
-    from dispatch.db.engine import make_engine
-    from dispatch.operations import invoice_list
+    from dispatch.people.operations import invoice_list
+    from dispatch.storage.engine import make_engine
 
     df = invoice_list(make_engine(_settings().dispatch_db_url, readonly=True, name="DISPATCH_DB_URL"), status)
     cols = (
@@ -527,7 +527,7 @@ def invoices(ctx: click.Context, status: str | None, as_json: bool, as_csv: bool
 @handle_errors
 def invoices_mark_sent(invoice_ids: tuple[str, ...], at: str | None, by: str | None) -> None:
     """Mark invoices as sent without sending anything (one or many)."""
-    from dispatch.operations import mark_sent
+    from dispatch.people.operations import mark_sent
 
     when = parse_instant(at)
     db, _ = _db_and_settings()
@@ -548,9 +548,9 @@ def bounces() -> None:
 @handle_errors
 def bounces_pull(at: str | None) -> None:
     """Turn the sent e-mails SendGrid reported since the last pull into manual `bounced` actions."""
-    from dispatch.bounces import pull_bounces
     from dispatch.channels.base import ChannelError
-    from dispatch.runs import RunContext
+    from dispatch.runtime.runs import RunContext
+    from dispatch.stages.pull_bounces import pull_bounces
 
     as_of = parse_instant(at)
     db, settings = _db_and_settings()
@@ -576,11 +576,11 @@ def bounces_pull(at: str | None) -> None:
 @handle_errors
 def demo(today: str | None, seed: int) -> None:
     """Write the demo accounting database and load the demo configuration (no run)."""
-    from dispatch.config_file import load_config_file
-    from dispatch.db.engine import make_engine
-    from dispatch.db.migrate import upgrade
-    from dispatch.demo_data import build_demo
+    from dispatch.config.file import load_config_file
+    from dispatch.devtools.demo_data import build_demo
     from dispatch.paths import resolve
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.migrate import upgrade
 
     settings = _settings()
     day = parse_day(today, "--today") if today else dt.datetime.now(dt.UTC).date()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from dispatch import accounting_schema as acc
+from dispatch.storage import accounting_schema as acc
 
 from tests.builders import World
 from tests.fakes import Fault

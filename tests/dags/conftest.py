@@ -100,22 +100,22 @@ class DemoCopy:
         }
 
     def settings(self):  # type: ignore[no-untyped-def]
-        from dispatch.settings import load_settings
+        from dispatch.config.settings import load_settings
 
         return load_settings(environ=self.environ())
 
     def advance_accounting(self, as_of: dt.datetime) -> None:
         """What the accounting system did by ``as_of`` (the demo's late void), as the demo does."""
-        from dispatch.demo_data import apply_accounting_changes
+        from dispatch.devtools.demo_data import apply_accounting_changes
 
         apply_accounting_changes(self.accounting_url, self.changes, upto=as_of)
 
 
 def build_demo_copy(root: Path, dispatch_url: str, accounting_url: str) -> DemoCopy:
-    from dispatch.config_file import load_config_file
-    from dispatch.db.engine import make_engine
-    from dispatch.db.migrate import upgrade
-    from dispatch.demo_data import build_demo
+    from dispatch.config.file import load_config_file
+    from dispatch.devtools.demo_data import build_demo
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.migrate import upgrade
 
     summary = build_demo(accounting_url, root / "pdfs", DEMO_TODAY, config_out=root / "config.yaml")
     engine = make_engine(dispatch_url)
@@ -131,7 +131,7 @@ def build_demo_copy(root: Path, dispatch_url: str, accounting_url: str) -> DemoC
 
 def demo_days() -> list[dt.datetime]:
     """The demo's weekday runs at 05:00 UTC around DEMO_TODAY."""
-    from dispatch.demo_runner import demo_days as days
+    from dispatch.devtools.demo_runner import demo_days as days
 
     return days(DEMO_TODAY)
 

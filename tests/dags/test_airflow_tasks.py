@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 import pendulum
 import pytest
-from dispatch import airflow_tasks as steps
 from dispatch.channels.base import ChannelError, OutgoingMessage, SendResult, TransientError
+from dispatch.config.settings import load_settings
 from dispatch.errors import DispatchError
-from dispatch.runs import RunContext
-from dispatch.scheduling import next_run_horizon
-from dispatch.settings import load_settings
+from dispatch.rules.scheduling import next_run_horizon
+from dispatch.runtime import airflow_tasks as steps
+from dispatch.runtime.runs import RunContext
 
 from tests.dags.conftest import DemoCopy, demo_days, dying_channels, sends_per_action, table
 
@@ -182,8 +182,8 @@ def test_a_connection_backend_failure_is_not_mistaken_for_a_missing_connection(
 
 @pytest.fixture
 def empty_dispatch(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from dispatch.db.engine import make_engine
-    from dispatch.db.migrate import upgrade
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'dispatch.db'}"
     engine = make_engine(url)
@@ -201,9 +201,9 @@ def _run_status(settings, run_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def _started(settings, run_id: str) -> RunContext:  # type: ignore[no-untyped-def]
-    from dispatch.db.engine import make_engine
-    from dispatch.db.session import Database
-    from dispatch.runs import start_run
+    from dispatch.runtime.runs import start_run
+    from dispatch.storage.engine import make_engine
+    from dispatch.storage.session import Database
 
     ctx = RunContext.new(dt.datetime(2026, 11, 27, 5, tzinfo=UTC), run_id=run_id)
     engine = make_engine(settings.dispatch_db_url)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from dispatch import airflow_tasks as steps
-from dispatch.pipeline import run_pipeline
+from dispatch.runtime import airflow_tasks as steps
+from dispatch.runtime.pipeline import run_pipeline
 
 from tests.dags.conftest import (
     DemoCopy,
@@ -44,7 +44,7 @@ def run_dag(dag: Any, as_of: dt.datetime, expect: str = "success") -> Any:
 def dispatch_run_of(copy: DemoCopy, dag_run: Any) -> dict:
     """The dispatch database's record of a DAG run (typed: aware instants, counts as a dict)."""
     import sqlalchemy as sa
-    from dispatch.db.schema import dispatch_runs
+    from dispatch.storage.schema import dispatch_runs
 
     engine = sa.create_engine(copy.dispatch_url)
     try:

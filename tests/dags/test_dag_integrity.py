@@ -21,8 +21,8 @@ HEAVY_MODULES = (
     "holidays",
     "fpdf",
     "babel.numbers",
-    "dispatch.pipeline",
-    "dispatch.db.engine",
+    "dispatch.runtime.pipeline",
+    "dispatch.storage.engine",
 )
 
 

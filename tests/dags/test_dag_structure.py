@@ -8,7 +8,7 @@ import datetime as dt
 import math
 
 import pytest
-from dispatch.due import batch_plan
+from dispatch.stages.compute_due_sends import batch_plan
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,8 +109,8 @@ def test_batch_plan_covers_every_due_action_within_the_map_limit(n: int, size: i
 
 
 def _prepare_run(copy: DemoCopy, as_of: dt.datetime):  # type: ignore[no-untyped-def]
-    from dispatch import airflow_tasks as steps
-    from dispatch.runs import RunContext
+    from dispatch.runtime import airflow_tasks as steps
+    from dispatch.runtime.runs import RunContext
 
     ctx = RunContext.new(as_of, run_id="scheduled__structure")
     settings = copy.settings()
@@ -123,7 +123,7 @@ def _prepare_run(copy: DemoCopy, as_of: dt.datetime):  # type: ignore[no-untyped
 def test_compute_due_sends_returns_one_batch_number_per_batch_of_the_configured_size(
     demo_copy: DemoCopy,
 ) -> None:
-    from dispatch import airflow_tasks as steps
+    from dispatch.runtime import airflow_tasks as steps
     from sqlalchemy import create_engine, text
 
     ctx, settings = _prepare_run(demo_copy, demo_days()[0])
@@ -158,7 +158,7 @@ def test_compute_due_sends_returns_one_batch_number_per_batch_of_the_configured_
 
 def test_max_map_length_is_read_from_airflow_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import conf
-    from dispatch import airflow_tasks as steps
+    from dispatch.runtime import airflow_tasks as steps
 
     assert steps.max_map_length() == conf.getint("core", "max_map_length") == 1024
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "16")
@@ -169,7 +169,7 @@ def test_max_map_length_is_read_from_airflow_configuration(monkeypatch: pytest.M
 
 
 def test_every_task_retries_by_kind_of_failure_with_the_dag_back_off(dag) -> None:  # type: ignore[no-untyped-def]
-    from dispatch.airflow_tasks import DispatchRetryPolicy
+    from dispatch.runtime.airflow_tasks import DispatchRetryPolicy
 
     for task in dag.tasks:
         policy = task.retry_policy
@@ -179,9 +179,9 @@ def test_every_task_retries_by_kind_of_failure_with_the_dag_back_off(dag) -> Non
 
 def test_retry_policy_fails_fast_on_configuration_errors_and_backs_off_on_rate_limits() -> None:
     from airflow.sdk import RetryAction
-    from dispatch.airflow_tasks import DispatchRetryPolicy, ProviderBackoff
     from dispatch.channels.base import FatalChannelError, TransientError
     from dispatch.errors import DispatchError
+    from dispatch.runtime.airflow_tasks import DispatchRetryPolicy, ProviderBackoff
 
     policy = DispatchRetryPolicy(dt.timedelta(minutes=2), dt.timedelta(minutes=30))
     fatal = policy.evaluate(FatalChannelError("401 from SendGrid"), try_number=1, max_tries=3)
@@ -200,7 +200,7 @@ def test_retry_policy_fails_fast_on_configuration_errors_and_backs_off_on_rate_l
 
 
 def test_backoff_delay_honours_retry_after_and_the_cap() -> None:
-    from dispatch.airflow_tasks import backoff_delay
+    from dispatch.runtime.airflow_tasks import backoff_delay
 
     two_min, half_hour = dt.timedelta(minutes=2), dt.timedelta(minutes=30)
     assert backoff_delay(1, two_min, half_hour) == two_min

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from dispatch.channels.base import Channel
-from dispatch.settings import Settings
+from dispatch.config.settings import Settings
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:

@@ -7,7 +7,8 @@ file, fsync, then a hard link to the final name), and an existing file is never 
 same instant produce one file, and both learn it was handed over. Because the file is the
 hand-over, the outbox can always answer :meth:`OutboxChannel.was_handed_over` (SPEC "Time",
 settling actions a dead run left ``sending``). Each letter is also listed in its day's
-print manifest, ``<root>/letter-manifests/manifest-YYYY-MM-DD.csv`` (:mod:`dispatch.letter_manifest`).
+print manifest, ``<root>/letter-manifests/manifest-YYYY-MM-DD.csv``
+(:mod:`dispatch.channels.formats.letter_manifest`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
-from dispatch.emails import build_email, deliver_at_iso, parse_deliver_at
+from dispatch.channels.formats.mime import build_email, deliver_at_iso, parse_deliver_at
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,12 @@ class OutboxChannel:
         )
 
     def _list_letter(self, path: Path, content: bytes | None = None) -> str | None:
-        """Add a letter to its day's print manifest (:mod:`dispatch.letter_manifest`); returns
-        the problem when the manifest cannot be written. ``content``: the bytes of a file this
+        """Add a letter to its day's print manifest (:mod:`~dispatch.channels.formats.letter_manifest`);
+        returns the problem when the manifest cannot be written. ``content``: the bytes of a file this
         call has just written (listed without a look); an existing file is listed if missing."""
         if self.channel != "letter":
             return None
-        from dispatch import letter_manifest
+        from dispatch.channels.formats import letter_manifest
 
         try:
             if content is not None:
@@ -242,7 +243,9 @@ class OutboxChannel:
             return _render_email(message, self.default_sender)
         if self.channel == "sms":
             return _render_sms(message)
-        from dispatch.letters import letter_for_message  # fpdf2 and pypdf: only letters need them
+        from dispatch.channels.formats.letter_pdf import (
+            letter_for_message,  # fpdf2 and pypdf: only letters need them
+        )
 
         return letter_for_message(message)
 
@@ -271,7 +274,7 @@ def _render_email(message: OutgoingMessage, default_sender: str | None) -> bytes
 def _render_sms(message: OutgoingMessage) -> bytes:
     if len(message.recipients) != 1:
         raise ValueError(f"an SMS needs exactly one recipient number, got {len(message.recipients)}")
-    from dispatch.sms_text import sms_safe, sms_safe_line
+    from dispatch.channels.formats.sms_text import sms_safe, sms_safe_line
 
     record = {
         "action_id": message.action_id,
@@ -294,6 +297,6 @@ def _read_deliver_at(channel: str, path: Path) -> dt.datetime:
         return parse_deliver_at(str(value))
     if channel == "sms":
         return parse_deliver_at(json.loads(path.read_text(encoding="utf-8"))["deliver_at"])
-    from dispatch.letters import read_letter_metadata
+    from dispatch.channels.formats.letter_pdf import read_letter_metadata
 
     return parse_deliver_at(read_letter_metadata(path)["DeliverAt"])

@@ -49,12 +49,12 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.postal_address import AddressError, PostalAddress, parse_postal_address
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import RetryPolicy, call_with_retry, send_concurrently
-from dispatch.control_chars import clean_line
+from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
-from dispatch.postal_address import AddressError, PostalAddress, parse_postal_address
-from dispatch.settings import Settings
+from dispatch.rules.control_chars import clean_line
 
 PROVIDER = "printapi"
 US_LETTER = (612.0, 792.0)  # points: 8.5 x 11 in
@@ -225,7 +225,7 @@ class PrintApiChannel:
     @staticmethod
     def _pdf(message: OutgoingMessage) -> bytes:
         # The very letter the outbox writes, so both backends print the same thing.
-        from dispatch.letters import letter_for_message
+        from dispatch.channels.formats.letter_pdf import letter_for_message
 
         try:
             return fit_to_us_letter(letter_for_message(message))

@@ -10,7 +10,7 @@ one shared ``httpx.Client`` rather than the SDK's transport, for two reasons:
 
 * the SDK (python_http_client) opens a new urllib connection for every request; a shared
   client keeps connections alive, which saves a TCP + TLS handshake per message against the
-  real API (see ``dispatch.bench_email`` for the measured difference on a local server);
+  real API (see ``dispatch.devtools.bench_email`` for the measured difference on a local server);
 * httpx tells *where* a request failed — before anything was sent (``ConnectError``), while
   sending (``WriteError``) or after sending, waiting for the answer (``ReadTimeout``,
   ``RemoteProtocolError``) — and exactly-once depends on that difference (SPEC B1, B3).
@@ -66,11 +66,11 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.mime import email_safe
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import RetryPolicy, send_concurrently
-from dispatch.emails import email_safe
+from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
-from dispatch.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """E-mail through a company's own SMTP relay (CONTRACT §1 ``DISPATCH_EMAIL_BACKEND=smtp``).
 
-The message is exactly what the outbox would record (``dispatch.emails.build_email``), so
+The message is exactly what the outbox would record (``dispatch.channels.formats.mime.build_email``), so
 its Message-ID — derived from the action — is the provider message id. A relay cannot hold a
 message for later (``max_schedule_ahead`` is None): the due rule hands this backend only
 actions whose local day has come, and they go out at once.
@@ -44,10 +44,10 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.mime import build_email, message_id_for
 from dispatch.channels.retry import RetryPolicy, send_concurrently
-from dispatch.emails import build_email, message_id_for
+from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
-from dispatch.settings import Settings
 
 log = logging.getLogger(__name__)
 

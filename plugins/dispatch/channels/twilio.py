@@ -8,7 +8,7 @@
   without a Messaging Service the channel cannot schedule, so the dispatcher only hands it
   messages whose local day has come, and they go at the hand-over.
 * **Length** is checked before anything is sent: GSM-7 or UCS-2 segments
-  (:mod:`dispatch.sms_text`), refused above ``TWILIO_MAX_SEGMENTS`` (manual
+  (:mod:`dispatch.channels.formats.sms_text`), refused above ``TWILIO_MAX_SEGMENTS`` (manual
   ``provider_rejected``, "message too long").
 * **Failures** (SPEC B3): 429 waits as ``Retry-After`` says, 5xx and refused connections are
   retried (:func:`dispatch.channels.retry.call_with_retry`); a 4xx refuses this message with
@@ -47,6 +47,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.formats.sms_text import measure_sms, normalize_sms
 from dispatch.channels.provider_http import (
     error_for_status,
     is_name_resolution_failure,
@@ -54,9 +55,8 @@ from dispatch.channels.provider_http import (
     retry_after_seconds,
 )
 from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
-from dispatch.settings import Settings
-from dispatch.sms_text import measure_sms, normalize_sms
 
 PROVIDER = "twilio"
 #: Twilio's scheduling window for ``SendAt`` (inclusive bounds, measured on Twilio's clock).

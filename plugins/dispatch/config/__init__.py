@@ -1,0 +1,1 @@
+"""Configuration: the YAML file of organizations and plans, and the environment settings."""

@@ -1,1 +1,0 @@
-"""The dispatch database: schema, engines and migrations."""

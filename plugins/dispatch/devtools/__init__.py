@@ -1,0 +1,1 @@
+"""Development tools (demo data, benchmarks); never imported by the runtime path."""

@@ -1,0 +1,217 @@
+"""E-mail throughput of one worker through the SendGrid channel, against the local SendGrid.
+
+``python -m dispatch.devtools.bench_email [--messages 600] [--latency 0.05] [--in-flight 128]``
+
+The local SendGrid (``tests/fakes``: it validates every request against SendGrid's OpenAPI
+document) adds ``--latency`` seconds before each answer, standing in for the round trip to
+the real API. The same N invoice e-mails (a small PDF attached) are sent:
+
+* by :class:`dispatch.channels.sendgrid.SendGridChannel` with no added latency: the rate one
+  worker's CPU allows (the local server shares the process, as it would share nothing with
+  the real API — so this rate is a floor of what the worker can do, not of SendGrid);
+* by the same channel with ``--latency``: the window of requests in flight adapts
+  (:class:`dispatch.channels.retry.InFlightWindow`) up to ``--in-flight``, so the latency is
+  hidden when the bound is at least rate x latency;
+* by the Airflow SendGrid provider's ``send_email``, one call per message in a loop (what a
+  DAG calling it per invoice does), on the same server with the same latency.
+
+Figures only (messages per second and the ratios); nothing is judged. Every run checks that
+SendGrid accepted exactly N mails and refused none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.channels.base import Attachment, OutgoingMessage, SendResult
+from dispatch.channels.sendgrid import SendGridApi, SendGridChannel
+from dispatch.paths import repo_root
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    in_flight: int
+    messages: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds
+
+
+def invoice_messages(n: int, pdf: bytes) -> list[OutgoingMessage]:
+    now = dt.datetime.now(dt.UTC)
+    return [
+        OutgoingMessage(
+            action_id=f"bench_{i:06d}",
+            invoice_id=f"inv_{i:06d}",
+            org_id="acme",
+            channel="email",
+            recipients=(f"customer{i}@client.example",),
+            deliver_at=now,
+            subject=f"Invoice F-2026-{i:06d} from ACME SAS",
+            body_text=f"Dear customer, please find invoice F-2026-{i:06d} attached.",
+            body_html=f"<p>Dear customer, please find invoice F-2026-{i:06d} attached.</p>",
+            sender="billing@acme.example",
+            sender_name="ACME SAS",
+            attachments=(Attachment(f"invoice-F-2026-{i:06d}.pdf", pdf),),
+        )
+        for i in range(n)
+    ]
+
+
+def timed(label: str, in_flight: int, messages: Sequence[OutgoingMessage], send: Callable[[], int]) -> Figure:
+    started = time.perf_counter()
+    accepted = send()
+    seconds = time.perf_counter() - started
+    if accepted != len(messages):
+        raise SystemExit(f"{label}: SendGrid accepted {accepted} of {len(messages)} messages")
+    return Figure(label, in_flight, len(messages), seconds)
+
+
+def through_channel(server, messages: Sequence[OutgoingMessage], in_flight: int, keep_alive: bool) -> int:  # type: ignore[no-untyped-def]
+    api = SendGridApi(server.api_key, server.url, max_connections=in_flight, keep_alive=keep_alive)
+    channel = SendGridChannel(api, max_in_flight=in_flight)
+    try:
+        results = channel.send_many(messages)
+    finally:
+        channel.close()
+    return sum(isinstance(r, SendResult) for r in results)
+
+
+def through_airflow_provider(server, messages: Sequence[OutgoingMessage]) -> int:  # type: ignore[no-untyped-def]
+    """The Airflow SendGrid provider's ``send_email``, once per message, as a DAG would loop.
+
+    Its client is built per call with SendGrid's default host; only that host is pointed at
+    the local server. The attachment is a file path, as the provider takes it (written once,
+    before the clock starts)."""
+    import sendgrid
+    from airflow.providers.sendgrid.utils import emailer
+
+    logging.getLogger(emailer.__name__).setLevel(logging.WARNING)
+    os.environ["AIRFLOW_CONN_SENDGRID_DEFAULT"] = json.dumps(
+        {"conn_type": "sendgrid", "password": server.api_key}
+    )
+    real = sendgrid.SendGridAPIClient
+    folder = Path(tempfile.mkdtemp(prefix="bench_email_"))
+    files = []
+    for m in messages:
+        path = folder / m.attachments[0].filename
+        path.write_bytes(m.attachments[0].content)
+        files.append(str(path))
+    emailer.sendgrid.SendGridAPIClient = functools.partial(real, host=server.url)
+    try:
+        for m, path in zip(messages, files, strict=True):
+            emailer.send_email(
+                list(m.recipients),
+                m.subject or "",
+                m.body_html or "",
+                files=[path],
+                from_email=m.sender,
+                from_name=m.sender_name,
+                conn_id="sendgrid_default",
+            )
+    finally:
+        emailer.sendgrid.SendGridAPIClient = real
+    return len(messages)
+
+
+def _serve(
+    label: str, in_flight: int, messages: Sequence[OutgoingMessage], latency: float, send: Callable
+) -> Figure:  # type: ignore[type-arg]
+    from tests.fakes.sendgrid_server import FakeSendGrid
+
+    with FakeSendGrid(latency=latency) as server:
+        figure = timed(label, in_flight, messages, lambda: send(server))
+        if server.invalid or len(server.mails) != len(messages):
+            raise SystemExit(
+                f"{label}: {len(server.invalid)} refused, {len(server.mails)} accepted of {len(messages)}"
+            )
+    return figure
+
+
+@dataclass(frozen=True)
+class SendGridFigures:
+    latency: float
+    at_zero: Figure
+    at_latency: Figure
+    airflow: Figure
+
+    @property
+    def latency_ratio(self) -> float:
+        """Rate at ``latency`` over the rate at 0 ms: how much of the latency is hidden."""
+        return self.at_latency.per_second / self.at_zero.per_second
+
+    @property
+    def airflow_ratio(self) -> float:
+        return self.at_latency.per_second / self.airflow.per_second
+
+
+def measure(n: int, in_flight: int, latency: float, airflow_messages: int = 100) -> SendGridFigures:
+    sys.path.insert(0, str(repo_root()))  # the local SendGrid lives with the tests
+    from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
+
+    messages = invoice_messages(
+        n, build_invoice_placeholder_pdf("F-2026-000001", ["Consulting  1 200,00 EUR"])
+    )
+    channel = lambda s: through_channel(s, messages, in_flight, True)  # noqa: E731
+    at_zero = _serve("channel, 0 ms", in_flight, messages, 0.0, channel)
+    at_latency = _serve(f"channel, {latency * 1000:.0f} ms", in_flight, messages, latency, channel)
+    few = messages[: max(1, min(n, airflow_messages))]
+    airflow = _serve(
+        f"Airflow provider send_email loop, {latency * 1000:.0f} ms",
+        1,
+        few,
+        latency,
+        lambda s: through_airflow_provider(s, few),
+    )
+    return SendGridFigures(latency, at_zero, at_latency, airflow)
+
+
+def report(fig: SendGridFigures) -> str:
+    lines = [
+        f"E-mail throughput, one worker, local SendGrid ({fig.latency * 1000:.0f} ms latency where said)",
+        "",
+        "| how | in flight (bound) | messages | seconds | messages/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {f.label} | {f.in_flight} | {f.messages} | {f.seconds:.2f} | {f.per_second:.1f} |"
+        for f in (fig.at_zero, fig.at_latency, fig.airflow)
+    ]
+    lines += [
+        "",
+        f"at {fig.latency * 1000:.0f} ms / at 0 ms: {fig.latency_ratio:.2f}x; "
+        f"channel / Airflow provider loop: {fig.airflow_ratio:.1f}x",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from dispatch.config.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=600)
+    parser.add_argument(
+        "--in-flight", type=int, default=Settings.send_concurrency, help="bound of requests in flight"
+    )
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
+    parser.add_argument("--airflow-messages", type=int, default=100, help="messages for the provider loop")
+    args = parser.parse_args(argv)
+    print(report(measure(args.messages, args.in_flight, args.latency, args.airflow_messages)))
+
+
+if __name__ == "__main__":
+    main()

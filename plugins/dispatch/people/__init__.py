@@ -1,0 +1,1 @@
+"""People's operations on the to-do list: send, ignore, mark as sent, listing, recovery."""

@@ -1,0 +1,284 @@
+"""People's operations on the to-do list and the invoices (R12–R14, CONTRACT §5).
+
+Guard clauses first: every id is checked and every refusal raised before anything is
+written, so a call naming one unknown or refused id changes nothing at all, even for the
+valid ids next to it. Repeating an operation that is already done succeeds and changes
+nothing (R14).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Engine, select, text, update
+
+from dispatch.channels.base import Channel
+from dispatch.config.settings import Settings
+from dispatch.errors import DispatchError, RefusedError, UnknownIdError
+from dispatch.people.actor import resolve_actor
+from dispatch.people.recovery import refresh_to_current
+from dispatch.runtime.runs import RunContext
+from dispatch.sending.claims import claim, new_token
+from dispatch.sending.events import record_events
+from dispatch.stages.dispatch_batch import send_claimed
+from dispatch.stages.write_back import sync_invoice_statuses
+from dispatch.storage.bulk import chunks
+from dispatch.storage.migrate import is_current
+from dispatch.storage.schema import SENDING_STATUSES, action_events, invoice_actions, invoices, users
+from dispatch.storage.session import Database
+
+OPEN_ACTION = ("scheduled", "manual")
+
+
+@dataclass
+class OperationResult:
+    changed: list[str]
+    unchanged: list[str]
+
+    def __str__(self) -> str:
+        return f"{len(self.changed)} changed, {len(self.unchanged)} already done"
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _fetch(conn, table, key: str, ids: list[str], cols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    frames = [pd.read_sql(select(*cols).where(table.c[key].in_(list(p))), conn) for p in chunks(ids)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c.name for c in cols])
+
+
+def _require_known(kind: str, ids: list[str], found: pd.Series) -> None:
+    unknown = [i for i in ids if i not in set(found)]
+    if unknown:
+        raise UnknownIdError(f"unknown {kind} id(s): {', '.join(unknown)} — nothing was changed")
+
+
+# Instants the listings read through plain SQL: PostgreSQL returns aware datetimes, SQLite
+# naive UTC text; both become aware UTC timestamps so a listing reads the same on both.
+INSTANT_COLUMNS = ("first_seen_at", "sent_at", "source_updated_at", "created_at", "manual_since")
+
+
+def _instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
+    for column in INSTANT_COLUMNS:
+        if column in df.columns:
+            df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
+    return df
+
+
+def _listing(engine: Engine, sql: str, where: str, params: dict[str, str], order: str) -> pd.DataFrame:
+    if params:
+        sql += f" WHERE {where}"
+    with engine.connect() as conn:
+        return _instants_as_utc(pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params=params))
+
+
+# What `invoices --status` accepts: a status of the view invoice_status, or a sending status.
+INVOICE_FILTERS = tuple(dict.fromkeys(("to_send", "overdue", "not_due", "paid", "void", *SENDING_STATUSES)))
+
+
+class BadFilterError(DispatchError):
+    """A listing filter names a value that does not exist; the message lists the allowed ones."""
+
+
+def _allowed(values: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def require_schema(engine: Engine) -> None:
+    """Listings read an initialised database only: otherwise one line says what to run."""
+    if not is_current(engine):
+        raise DispatchError(
+            f"the dispatch database {engine.url.render_as_string(hide_password=True)} is not "
+            "initialized or not up to date: run `dispatch db init`"
+        )
+
+
+def check_owner(engine: Engine, owner: str) -> None:
+    """``owner`` must be a known user: a typo would otherwise list nothing, silently."""
+    with engine.connect() as conn:
+        known = conn.execute(select(users.c.user_id).order_by(users.c.user_id)).scalars().all()
+    if owner not in known:
+        raise BadFilterError(
+            f"--owner {owner!r}: no such user; known users: {_allowed(known) or '(none loaded)'}"
+        )
+
+
+def check_invoice_status(status: str) -> None:
+    if status not in INVOICE_FILTERS:
+        raise BadFilterError(f"--status {status!r}: not a status; allowed: {', '.join(INVOICE_FILTERS)}")
+
+
+def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
+    """The to-do list (view ``todo_invoicing``), for one owner (a known user) or everyone."""
+    require_schema(engine)
+    if owner is not None:
+        check_owner(engine, owner)
+    return _listing(
+        engine,
+        "SELECT * FROM todo_invoicing",
+        "owner_user_id = :owner",
+        {"owner": owner} if owner is not None else {},
+        "owner_user_id, created_at, action_id",
+    )
+
+
+def invoice_list(engine: Engine, status: str | None = None) -> pd.DataFrame:
+    """Invoices with their ``invoice_status``; ``status`` matches it or the sending status
+    (one of :data:`INVOICE_FILTERS`)."""
+    if status is not None:
+        check_invoice_status(status)
+    require_schema(engine)
+    return _listing(
+        engine,
+        "SELECT i.*, s.status FROM invoices i JOIN invoice_status s ON s.invoice_id = i.invoice_id",
+        "s.status = :status OR i.sending_status = :status",
+        {"status": status} if status is not None else {},
+        "i.org_id, i.issue_date, i.number",
+    )
+
+
+def ignore_actions(
+    db: Database,
+    action_ids: Sequence[str],
+    at: dt.datetime,
+    *,
+    event: str = "ignored",
+    actor: str | None = None,
+) -> OperationResult:
+    """Ignore actions: each invoice then counts as sent (R13). ``actor`` is who (default:
+    :func:`dispatch.people.actor.default_actor`); it is stored on each event."""
+    ids = _unique(action_ids)
+    who = resolve_actor(actor)
+    A = invoice_actions
+    with db.tx() as conn:
+        found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
+        _require_known("action", ids, found["action_id"])
+        refused = found[found["status"].isin(("sent", "cancelled", "sending"))]
+        if not refused.empty:
+            listed = ", ".join(
+                f"{a} ({s})" for a, s in zip(refused["action_id"], refused["status"], strict=True)
+            )
+            raise RefusedError(
+                f"cannot ignore action(s) already sent, cancelled or being sent: {listed} "
+                "— nothing was changed"
+            )
+        todo = found[found["status"].isin(OPEN_ACTION)]
+        for part in chunks(todo["action_id"].tolist()):
+            conn.execute(
+                update(A)
+                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                .values(status="ignored", updated_at=at)
+            )
+        record_events(
+            conn,
+            zip(todo["action_id"], todo["invoice_id"], strict=True),
+            event=event,
+            at=at,
+            run_id=None,
+            actor=who,
+        )
+        sync_invoice_statuses(conn, todo["invoice_id"].tolist())
+    return OperationResult(
+        todo["action_id"].tolist(), found.loc[found["status"] == "ignored", "action_id"].tolist()
+    )
+
+
+def mark_sent(
+    db: Database, invoice_ids: Sequence[str], at: dt.datetime, *, actor: str | None = None
+) -> OperationResult:
+    """Mark invoices as sent without sending anything (R14); closes their open action.
+    ``actor`` is who (default: :func:`dispatch.people.actor.default_actor`)."""
+    ids = _unique(invoice_ids)
+    who = resolve_actor(actor)
+    A = invoice_actions
+    with db.tx() as conn:
+        found = _fetch(conn, invoices, "invoice_id", ids, [invoices.c.invoice_id, invoices.c.sending_status])
+        _require_known("invoice", ids, found["invoice_id"])
+        acts = _fetch(conn, A, "invoice_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
+        cancelled = found[found["sending_status"] == "cancelled"]
+        sending = acts[acts["status"] == "sending"]
+        if not cancelled.empty or not sending.empty:
+            bad = [f"{i} (cancelled)" for i in cancelled["invoice_id"]] + [
+                f"{i} (being sent)" for i in sending["invoice_id"]
+            ]
+            raise RefusedError(f"cannot mark as sent: {', '.join(bad)} — nothing was changed")
+        todo = found.loc[found["sending_status"] == "to_send", "invoice_id"].tolist()
+        open_acts = acts[acts["invoice_id"].isin(todo) & acts["status"].isin(OPEN_ACTION)]
+        for part in chunks(open_acts["action_id"].tolist()):
+            conn.execute(
+                update(A)
+                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
+                .values(status="ignored", updated_at=at)
+            )
+        record_events(
+            conn,
+            zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
+            event="marked_sent",
+            at=at,
+            run_id=None,
+            actor=who,
+        )
+        for part in chunks(todo):
+            conn.execute(
+                update(invoices)
+                .where(invoices.c.invoice_id.in_(list(part)), invoices.c.sending_status == "to_send")
+                .values(sending_status="sent", sent_how="marked_sent", sent_at=at)
+            )
+    return OperationResult(todo, [i for i in ids if i not in set(todo)])
+
+
+def send_action_now(
+    db: Database,
+    accounting: Engine,
+    action_id: str,
+    at: dt.datetime,
+    channels: dict[str, Channel],
+    settings: Settings,
+    *,
+    actor: str | None = None,
+) -> dict:
+    """A person sends a manual action through its channel now (R12).
+
+    It goes out with the plan's **current** template version (:mod:`dispatch.people.recovery`), so
+    a template fixed and reloaded after a ``template_error`` is the one rendered. Every event
+    of the send carries the actor and that version.
+    """
+    A = invoice_actions
+    who = resolve_actor(actor)
+    with db.read() as conn:
+        row = conn.execute(select(A.c.status, A.c.invoice_id).where(A.c.action_id == action_id)).first()
+    if row is None:
+        raise UnknownIdError(f"unknown action id: {action_id} — nothing was changed")
+    if row.status not in OPEN_ACTION:
+        raise RefusedError(f"cannot send action {action_id}: it is {row.status} — nothing was changed")
+    ctx = RunContext.new(at, run_id=f"manual__{at:%Y%m%dT%H%M%SZ}__{action_id}")
+    token = new_token(ctx.run_id, "manual")
+    with db.tx() as conn:
+        version = refresh_to_current(conn, [action_id], at=ctx.as_of, actor=who, run_id=ctx.run_id)
+        won = claim(conn, [action_id], token=token, ctx=ctx, from_status=row.status)
+        if not won:  # raised inside: the template refresh is rolled back with it
+            raise RefusedError(f"action {action_id} changed while we looked at it; try again")
+    counts = send_claimed(db, accounting, ctx, token, {action_id: ctx.as_of}, channels, settings, manual=True)
+    with db.tx() as conn:
+        conn.execute(  # who sent it, and which template version went out
+            update(action_events)
+            .where(action_events.c.run_id == ctx.run_id, action_events.c.action_id == action_id)
+            .values(actor=who, template_id=version.get(action_id))
+        )
+        sync_invoice_statuses(conn, [row.invoice_id])
+        after = conn.execute(
+            select(A.c.status, A.c.manual_reason, A.c.detail, A.c.recipient, A.c.provider_message_id).where(
+                A.c.action_id == action_id
+            )
+        ).first()
+    return {
+        "action_id": action_id,
+        "events": dict(counts),
+        "template_id": version.get(action_id),
+        **after._asdict(),
+    }  # type: ignore[union-attr]

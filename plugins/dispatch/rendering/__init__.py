@@ -1,0 +1,1 @@
+"""Template rendering: the Jinja2 sandbox, its limits, filters and context."""

@@ -1,0 +1,1 @@
+"""Exactly-once sending: claims, liveness, messages, outcomes, events, invoice PDFs."""

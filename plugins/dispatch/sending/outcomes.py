@@ -1,0 +1,81 @@
+"""What happened to each claimed action, written back in one transaction per chunk.
+
+Every write is guarded by ``status = 'sending' AND claim_token = <ours>``: only the claim
+holder can settle an action, so a slow worker whose claim was already settled by someone
+else cannot overwrite the outcome (SPEC B1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_
+
+from dispatch.sending.events import record_events
+from dispatch.storage.bulk import update_rows
+from dispatch.storage.schema import invoice_actions
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The new state of one claimed action and the event that explains it."""
+
+    action_id: str
+    invoice_id: str
+    status: str  # sent | manual | cancelled | scheduled (released for a later run)
+    event: str
+    manual_reason: str | None = None
+    detail: str | None = None
+    recipient: str | None = None
+    deliver_at: dt.datetime | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+
+
+def apply_outcomes(
+    conn: Connection, outcomes: list[Outcome], *, token: str, at: dt.datetime, run_id: str | None
+) -> dict[str, int]:
+    """Write the outcomes of actions claimed with ``token``; returns counts per event."""
+    if not outcomes:
+        return {}
+    rows = [
+        {
+            "action_id": o.action_id,
+            "status": o.status,
+            "manual_reason": o.manual_reason,
+            "detail": o.detail,
+            "recipient": o.recipient,
+            "deliver_at": o.deliver_at,
+            "provider": o.provider,
+            "provider_message_id": o.provider_message_id,
+            "claim_token": token if o.status != "scheduled" else None,
+            "updated_at": at,
+        }
+        for o in outcomes
+    ]
+    guard = and_(invoice_actions.c.status == "sending", invoice_actions.c.claim_token == token)
+    update_rows(conn, invoice_actions, "action_id", rows, guard=guard)
+    by_event: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        by_event[o.event].append(o)
+    for event, group in by_event.items():
+        record_events(
+            conn,
+            [(o.action_id, o.invoice_id) for o in group],
+            event=event,
+            at=at,
+            run_id=run_id,
+            details={o.action_id: _event_detail(o) for o in group},
+        )
+    return {e: len(g) for e, g in by_event.items()}
+
+
+def _event_detail(o: Outcome) -> str | None:
+    parts = [p for p in (o.manual_reason, o.detail) if p]
+    if o.status == "sent":
+        parts.append(
+            f"to {o.recipient} via {o.provider} ({o.provider_message_id}), deliver at {o.deliver_at}"
+        )
+    return "; ".join(parts) or None

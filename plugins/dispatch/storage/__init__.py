@@ -1,0 +1,1 @@
+"""Storage: the dispatch schema, migrations, engines, bulk writes and the accounting source."""
