@@ -3,8 +3,8 @@
 Why: exactly-once sending (SPEC B1/B3) is decided by what happens at the provider's door — a 429
 with ``Retry-After``, a 5xx, an answer that never comes although the provider got the request.
 These servers reproduce those cases on 127.0.0.1, on demand and in order, and refuse every request
-the provider's published OpenAPI document would refuse (see ``tests/fakes/openapi.py``), so the
-code under test meets the provider's rules, not a mock's.
+the project's request schemas for that provider refuse (``tests/fakes/schemas``, read by
+``tests/fakes/openapi.py``), so the code under test meets the provider's rules, not a mock's.
 
 This module holds what the three HTTP fakes share: the threaded server, the request log, the fault
 queue and the lifecycle. Each provider module (``sendgrid_server``, ``twilio_server``,
@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -247,11 +247,10 @@ class FakeHTTPProvider:
         *,
         latency: float = 0.0,
         clock: Callable[[], datetime] | None = None,
-        apis_dir: Path | None = None,
     ) -> None:
         self.latency = latency  # seconds added before every answer (throughput benchmarks)
         self.clock: Callable[[], datetime] = clock or utc_now
-        self.docs: list[OpenApiDocument] = [load_document(name, apis_dir) for name in self.documents]
+        self.docs: list[OpenApiDocument] = [load_document(name) for name in self.documents]
         self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
