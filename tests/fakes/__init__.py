@@ -8,7 +8,7 @@ the project's request schemas for that provider refuse (``tests/fakes/schemas``,
 
 This module holds what the three HTTP fakes share: the threaded server, the request log, the fault
 queue and the lifecycle. Each provider module (``sendgrid_server``, ``twilio_server``,
-``lob_server``) adds its documents, authentication, error shapes and operations.
+``lob_server``) adds its request schemas, authentication, error shapes and operations.
 
 Use (each fake is a context manager and works as a pytest fixture)::
 
@@ -309,7 +309,7 @@ class FakeHTTPProvider:
 
     @property
     def api_base(self) -> str:
-        """The origin plus the document's server path (Lob: ``…/v1``), i.e. the API base URL."""
+        """The origin plus the schema's server path (Lob: ``…/v1``), i.e. the API base URL."""
         base = self.docs[0].base_path if self.docs else ""
         return self.url + base
 
@@ -322,7 +322,7 @@ class FakeHTTPProvider:
 
     @property
     def invalid(self) -> list[RecordedRequest]:
-        """The requests the provider refused as invalid (its document or its rules)."""
+        """The requests the provider refused as invalid (our request schema or its rules)."""
         return [r for r in self.requests if r.problems]
 
     def clear(self) -> None:
@@ -535,9 +535,9 @@ class FakeHTTPProvider:
 def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, Any]], dict[str, UploadedFile]]:
     """Fields and files of a multipart/form-data body; a file field's value is ``upload.<ext>``.
 
-    Lob's document describes an uploaded file as a local file name (``….pdf``/``….html``) whose
-    pattern allows no ``-``: the name's extension is kept, so the kind of file is checked, and the
-    rest replaced, so a real name like ``F-2026-0001.pdf`` is not refused for its characters.
+    Lob takes an uploaded file by its kind (``….pdf``/``….html``): the name's extension is kept,
+    so our schema checks the kind of file, and the rest replaced, so a real name like
+    ``F-2026-0001.pdf`` is neither refused for its characters nor needed by any check.
     """
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)

@@ -32,7 +32,7 @@ from tests.fakes.openapi import Operation
 
 LETTERS_DOCUMENT = "lob-letters.json"
 
-# Lob's error codes (the `code` enum of the document's `error` schema) for each status.
+# Lob's error codes (the `code` values of its error object) for each status.
 _CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -2,8 +2,9 @@
 
 Why: the e-mail channel must count a message as sent only on SendGrid's 202 with its
 ``X-Message-Id`` (SPEC B3), and learn bounces later from the suppression lists. This fake answers
-as SendGrid's documents say, refuses what they (and SendGrid's documented rules) refuse, and lets
-a test seed the suppression lists and inject faults.
+in SendGrid's shapes, refuses what our request schemas (``tests/fakes/schemas/sendgrid-*.json``)
+and SendGrid's documented rules refuse, and lets a test seed the suppression lists and inject
+faults. It also answers the Email Activity look-up the settling of a dead claim uses.
 
 Point the real SDK at it::
 
@@ -30,7 +31,7 @@ ACTIVITY_DOCUMENT = "sendgrid-email-activity.json"
 
 _ACTIVITY_CONDITION = re.compile(r"unique_args\['(\w+)'\]\s*=\s*\"([^\"]*)\"")
 
-# SendGrid refuses a send_at more than 72 hours ahead (the document says so in prose).
+# SendGrid refuses a send_at more than 72 hours ahead (its documentation says so in prose).
 SEND_AT_HORIZON = timedelta(hours=72)
 
 _ERROR_MESSAGES = {
