@@ -26,6 +26,7 @@ import pytest
 import requests
 import sendgrid
 from fpdf import FPDF
+from jsonschema import Draft202012Validator
 from python_http_client import exceptions as sg_errors
 from sendgrid.helpers.mail import Attachment, Disposition, FileContent, FileName, FileType, Mail
 from twilio.base import values
@@ -191,6 +192,15 @@ def test_a_field_our_schema_does_not_name_is_refused_by_its_name() -> None:
     mail = load_document("sendgrid-mail-send.json").operation("SendMail")
     problems = mail.check_body("application/json", valid_mail_body(subject=None))
     assert [(p.field, p.keyword) for p in problems] == [("subject", "type")]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SCHEMAS_DIR.glob("*.json")))
+def test_our_request_schemas_are_valid_json_schema_and_serve_operations(name: str) -> None:
+    document = load_document(name)
+    for schema in document.raw["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    operations = [spec["operationId"] for item in document.raw["paths"].values() for spec in item.values()]
+    assert operations and all(document.operation(op).operation_id == op for op in operations)
 
 
 def published_documents() -> Path:
