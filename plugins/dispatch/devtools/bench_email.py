@@ -2,9 +2,10 @@
 
 ``python -m dispatch.devtools.bench_email [--messages 600] [--latency 0.05] [--in-flight 128]``
 
-The local SendGrid (``tests/fakes``: it validates every request against SendGrid's OpenAPI
-document) adds ``--latency`` seconds before each answer, standing in for the round trip to
-the real API. The same N invoice e-mails (a small PDF attached) are sent:
+The local SendGrid (``tests/fakes``: it validates every request against the project's request
+schema of SendGrid's Mail Send, ``tests/fakes/schemas``) adds ``--latency`` seconds before each
+answer, standing in for the round trip to the real API. The same N invoice e-mails (a small
+PDF attached) are sent:
 
 * by :class:`dispatch.channels.sendgrid.SendGridChannel` with no added latency: the rate one
   worker's CPU allows (the local server shares the process, as it would share nothing with

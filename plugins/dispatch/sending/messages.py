@@ -19,15 +19,11 @@ from babel.dates import format_date
 from sqlalchemy import Connection, func, select
 
 from dispatch.channels.base import Attachment, OutgoingMessage
-from dispatch.rendering.engine import (
-    FALLBACK_LANGUAGE,
-    TemplateError,
-    TemplateSpec,
-    build_context,
-    render_message,
-    resolve_locale,
-    templates_dirs,
-)
+from dispatch.rendering.context import build_context
+from dispatch.rendering.engine import TemplateSpec, render_message
+from dispatch.rendering.errors import TemplateError
+from dispatch.rendering.filters import FALLBACK_LANGUAGE, resolve_locale
+from dispatch.rendering.lookup import templates_dirs
 from dispatch.sending.invoice_pdf import PdfRefusal, read_invoice_pdf
 from dispatch.sending.outcomes import Outcome
 from dispatch.storage.schema import (
