@@ -39,10 +39,11 @@ from markupsafe import Markup
 from dispatch.paths import TEMPLATES_DIR, resolve
 from dispatch.rendering import limits
 from dispatch.rendering.limits import MAX_OUTPUT_CHARS, MAX_SOURCE_CHARS, TemplateLimitError
+from dispatch.vocabulary import ChannelName, values
 
 TEMPLATES_DIR_ENV = "DISPATCH_TEMPLATES_DIR"
 
-CHANNELS = ("email", "sms", "letter")
+CHANNELS = values(ChannelName)
 FALLBACK_LANGUAGE = "en"
 
 _MAX_MESSAGE_CHARS = 240

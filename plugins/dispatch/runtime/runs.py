@@ -17,6 +17,7 @@ from dispatch.rules.scheduling import next_run_horizon
 from dispatch.storage.bulk import insert_ignore
 from dispatch.storage.schema import dispatch_runs
 from dispatch.storage.session import Database
+from dispatch.vocabulary import RunStatus
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,19 @@ def start_run(db: Database, ctx: RunContext) -> None:
                     "as_of": ctx.as_of,
                     "horizon": ctx.horizon,
                     "started_at": wall_clock(),
-                    "status": "running",
+                    "status": RunStatus.RUNNING,
                 }
             ],
             ["run_id"],
         )
         conn.execute(
             update(dispatch_runs)
-            .where(dispatch_runs.c.run_id == ctx.run_id, dispatch_runs.c.status == "failed")
-            .values(status="running", finished_at=None)
+            .where(dispatch_runs.c.run_id == ctx.run_id, dispatch_runs.c.status == RunStatus.FAILED)
+            .values(status=RunStatus.RUNNING, finished_at=None)
         )
 
 
-def finish_run(conn: Connection, run_id: str, counts: dict, status: str = "succeeded") -> None:
+def finish_run(conn: Connection, run_id: str, counts: dict, status: str = RunStatus.SUCCEEDED) -> None:
     conn.execute(
         update(dispatch_runs)
         .where(dispatch_runs.c.run_id == run_id)
@@ -83,8 +84,8 @@ def fail_run(db: Database, run_id: str) -> None:
     with db.tx() as conn:
         conn.execute(
             update(dispatch_runs)
-            .where(dispatch_runs.c.run_id == run_id, dispatch_runs.c.status == "running")
-            .values(status="failed", finished_at=wall_clock())
+            .where(dispatch_runs.c.run_id == run_id, dispatch_runs.c.status == RunStatus.RUNNING)
+            .values(status=RunStatus.FAILED, finished_at=wall_clock())
         )
 
 
