@@ -9,7 +9,6 @@ Public surface:
 
 - :func:`scheduled_instants` — ``scheduled_for`` (UTC) and ``scheduled_local_date`` of each
   action from its invoice's issue date, import instant, template delay and org calendar.
-- :func:`next_run_horizon` — the default end of the time a run covers.
 - :func:`classify_due` — which actions a run hands over (``due``, ``deliver_at``) and which
   manual ones enter the to-do list (``enters_todo``).
 - :func:`business_day_calendar` — the cached public-holiday dates of a country.
@@ -25,6 +24,8 @@ from typing import NamedTuple
 import holidays as holidays_lib
 import numpy as np
 import pandas as pd
+
+from dispatch.rules.horizon import run_horizon
 
 WEEKMASK = "Mon Tue Wed Thu Fri"
 """Business days are Monday to Friday (SPEC R10); public holidays are added per country (B4)."""
@@ -282,21 +283,6 @@ def _utc_timestamp(value: dt.datetime | pd.Timestamp) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def next_run_horizon(as_of: dt.datetime) -> dt.datetime:
-    """Default end of the time a run covers: the next weekday after ``as_of``'s UTC date, same UTC time.
-
-    Weekdays are Monday–Friday on the UTC calendar (the DAG's weekday schedule); public
-    holidays do not count here, because the DAG runs on them too. Friday's run (and a
-    weekend one) covers until Monday. Returns an aware UTC ``datetime``; a naive ``as_of`` is
-    taken as UTC.
-    """
-    stamp = _utc_timestamp(as_of)
-    today = np.datetime64(stamp.date(), "D")
-    next_day = np.busday_offset(today + np.timedelta64(1, "D"), 0, roll="forward", weekmask=WEEKMASK)
-    horizon = pd.Timestamp(next_day).tz_localize("UTC") + (stamp - stamp.normalize())
-    return horizon.to_pydatetime()
-
-
 def _channel_rules(
     channels: pd.Series, rules: Mapping[str, ChannelScheduling | tuple[bool, dt.timedelta | None]]
 ) -> tuple[np.ndarray, pd.Series]:
@@ -338,7 +324,8 @@ def classify_due(
     datetime), ``timezone`` (the org's IANA zone), ``channel`` and ``automatic`` (bool).
     ``channels`` maps a channel name to ``(can_schedule, max_ahead)`` for the backend in use
     (e.g. ``{"email": (True, timedelta(hours=72)), "sms": (True, None), "letter": (False,
-    None)}``). ``horizon`` defaults to :func:`next_run_horizon` of ``as_of``.
+    None)}``). ``horizon`` defaults to
+    :func:`dispatch.rules.horizon.run_horizon` of ``as_of`` on the default schedule.
 
     Returns a frame on the same index with:
 
@@ -357,7 +344,7 @@ def classify_due(
         raise ValueError(f"classify_due: missing columns {missing}")
 
     now = _utc_timestamp(as_of).as_unit(_TS_UNIT)
-    until = _utc_timestamp(horizon if horizon is not None else next_run_horizon(now)).as_unit(_TS_UNIT)
+    until = _utc_timestamp(horizon if horizon is not None else run_horizon(as_of)).as_unit(_TS_UNIT)
 
     scheduled_for = _as_utc(actions["scheduled_for"])
     local_date = pd.to_datetime(actions["scheduled_local_date"]).dt.as_unit(_TS_UNIT)
