@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, or_, select
 
 from dispatch.sending.events import record_events
 from dispatch.sending.invoice_pdf import locate_invoice_pdf
@@ -40,7 +40,7 @@ REQUEUED_REASONS = (ManualReason.TEMPLATE_ERROR, *PDF_REASONS)
 A, T, P = invoice_actions, invoice_templates, plans
 
 
-def _current(conn: Connection, where) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def _current(conn: Connection, where: ColumnElement[bool]) -> pd.DataFrame:
     """Actions with their plan's current template version beside their own."""
     stmt = (
         select(
@@ -102,7 +102,7 @@ def refresh_to_current(
             run_id=run_id,
             actor=actor,
             details={
-                r.action_id: f"template {r.template_id} -> {r.current_template_id} (plan's current)"
+                str(r.action_id): f"template {r.template_id} -> {r.current_template_id} (plan's current)"
                 for r in stale.itertuples(index=False)
             },
             template_ids=dict(zip(stale["action_id"], stale["current_template_id"], strict=True)),
@@ -124,7 +124,7 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
     The candidates are the (few) open ``template_error`` and PDF actions, not the invoices;
     the PDF check looks at one path per candidate, nothing is read.
     """
-    counts = {reason: 0 for reason in REQUEUED_REASONS}
+    counts = {reason.value: 0 for reason in REQUEUED_REASONS}
     with db.tx() as conn:
         df = _current(conn, and_(A.c.status == ActionStatus.MANUAL, A.c.manual_reason.in_(REQUEUED_REASONS)))
         if df.empty:
@@ -174,10 +174,10 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
             at=at,
             run_id=run_id,
             details={
-                r.action_id: (
+                str(r.action_id): (
                     f"template_error fixed: template {r.template_id} -> {r.current_template_id}"
                     if r.manual_reason == ManualReason.TEMPLATE_ERROR
-                    else f"{r.manual_reason} fixed: the invoice PDF is now in the invoice folder"
+                    else f"{r.manual_reason!s} fixed: the invoice PDF is now in the invoice folder"
                 )
                 for r in go.itertuples(index=False)
             },

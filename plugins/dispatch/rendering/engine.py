@@ -22,12 +22,12 @@ import html as html_lib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from babel import Locale, UnknownLocaleError
@@ -213,11 +213,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         limits.check_binop(operator, left, right)
         return limits.check_size(super().call_binop(context, operator, left, right), f"'{operator}'")
 
-    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         limits.check_call(obj, args, kwargs)
         return limits.check_size(super().call(context, obj, *args, **kwargs), "call")
 
-    def concat(self, parts: Any) -> str:  # type: ignore[override]
+    def concat(self, parts: Any) -> str:
         return limits.bounded_join(parts)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> jinja2.nodes.Template:
@@ -350,7 +350,8 @@ def _render(template: jinja2.Template, context: Mapping[str, Any], locale: Local
     size = 0
     try:
         with limits.message_budget():
-            stream = template.generate(dict(context))
+            # a generator (typed as an Iterator): closed below, so an aborted render stops
+            stream = cast("Generator[str, None, None]", template.generate(dict(context)))
             try:
                 for chunk in stream:
                     size += len(chunk)

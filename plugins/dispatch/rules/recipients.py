@@ -234,9 +234,9 @@ def pick_recipients(
 
     sends = recipients.notna().to_numpy()
     has_field = positions.isin(candidates["_pos"].unique())
-    problem = np.where(
-        sends, None, np.where(has_field, ManualReason.INVALID_CONTACT.value, ManualReason.NO_CONTACT.value)
-    )
+    problem = np.where(has_field, ManualReason.INVALID_CONTACT.value, ManualReason.NO_CONTACT.value)
+    problem = problem.astype(object)
+    problem[sends] = None
     no_contact_detail = (
         "customer "
         + work["customer_id"].astype(str)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Final, NamedTuple, cast
 
 import holidays as holidays_lib
 import numpy as np
@@ -30,7 +30,8 @@ from dispatch.rules.horizon import run_horizon
 WEEKMASK = "Mon Tue Wed Thu Fri"
 """Business days are Monday to Friday (SPEC R10); public holidays are added per country (B4)."""
 
-_TS_UNIT = "ns"
+_TS_UNIT: Final = "ns"
+_TS_UTC: Final = "datetime64[ns, UTC]"  # the dtype of instants, _TS_UNIT in UTC
 _NO_COUNTRY = ""
 
 SUPPORTED_FROM = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -243,7 +244,10 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
             "country": country.to_numpy(),
         }
     )
-    groups = org_calendar.groupby(["timezone", "send_time", "country"], sort=False).indices
+    groups = cast(
+        "dict[tuple[str, str, str], np.ndarray]",
+        org_calendar.groupby(["timezone", "send_time", "country"], sort=False).indices,
+    )
     for (timezone, send_time, holiday_country), rows in groups.items():
         g_first, g_issue, g_delay = first_seen[rows], issue[rows], delay_days[rows]
         known = ~np.isnat(g_issue) & ~np.isnat(g_first)
@@ -268,7 +272,7 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
         {
             "scheduled_for": pd.Series(scheduled_for, index=df.index).dt.tz_localize("UTC"),
             "scheduled_local_date": pd.Series(local_date.astype(f"datetime64[{_TS_UNIT}]"), index=df.index),
-            "schedule_error": pd.Series(np.where(outside, OUT_OF_RANGE, None), index=df.index, dtype=object),
+            "schedule_error": pd.Series(OUT_OF_RANGE, index=df.index, dtype=object).where(outside, None),
         },
         index=df.index,
     )
@@ -295,10 +299,10 @@ def _channel_rules(
     can: dict[str, bool] = {}
     ahead_seconds: dict[str, float] = {}
     for name, rule in rules.items():
-        can_schedule, max_ahead = ChannelScheduling(*rule)
+        can_schedule, ahead = ChannelScheduling(*rule)
         can[name] = bool(can_schedule) and name not in UNSCHEDULABLE_CHANNELS
-        if max_ahead is not None:
-            ahead_seconds[name] = pd.Timedelta(max_ahead).total_seconds()
+        if ahead is not None:
+            ahead_seconds[name] = pd.Timedelta(ahead).total_seconds()
     can_mask = channels.isin([name for name, ok in can.items() if ok]).to_numpy()
     max_ahead = pd.to_timedelta(channels.map(ahead_seconds).astype(float), unit="s")
     return can_mask, max_ahead
@@ -364,7 +368,7 @@ def classify_due(
     return pd.DataFrame(
         {
             "due": due,
-            "deliver_at": deliver_at.astype(f"datetime64[{_TS_UNIT}, UTC]"),
+            "deliver_at": deliver_at.astype(_TS_UTC),
             "enters_todo": enters_todo,
         },
         index=actions.index,
