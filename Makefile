@@ -59,4 +59,4 @@ constraints:
 	$(PIP) freeze --exclude-editable | grep -v '^invoice-dispatch' > constraints.txt
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache
