@@ -42,8 +42,9 @@ from dispatch.rendering.lookup import (
     validate_name,
 )
 from dispatch.rendering.sandbox import Envs, envs, from_source, render
+from dispatch.vocabulary import ChannelName, values
 
-CHANNELS = ("email", "sms", "letter")
+CHANNELS = values(ChannelName)
 
 
 @dataclass(frozen=True)

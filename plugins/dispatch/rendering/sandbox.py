@@ -10,10 +10,10 @@ HTML output escapes variables, and every render is bounded by :mod:`dispatch.ren
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from babel import Locale
@@ -42,11 +42,11 @@ class Sandbox(ImmutableSandboxedEnvironment):
         limits.check_binop(operator, left, right)
         return limits.check_size(super().call_binop(context, operator, left, right), f"'{operator}'")
 
-    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         limits.check_call(obj, args, kwargs)
         return limits.check_size(super().call(context, obj, *args, **kwargs), "call")
 
-    def concat(self, parts: Any) -> str:  # type: ignore[override]
+    def concat(self, parts: Any) -> str:
         return limits.bounded_join(parts)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> jinja2.nodes.Template:
@@ -119,7 +119,7 @@ def render(template: jinja2.Template, context: Mapping[str, Any], locale: Locale
     size = 0
     try:
         with rendering_in(locale), limits.message_budget():
-            stream = template.generate(dict(context))
+            stream = cast("Generator[str, None, None]", template.generate(dict(context)))
             try:
                 for chunk in stream:
                     size += len(chunk)

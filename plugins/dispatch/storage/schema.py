@@ -27,7 +27,21 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+from dispatch.vocabulary import (
+    AccountingStatus,
+    ActionStatus,
+    ChannelName,
+    ManualReason,
+    PlanLevel,
+    RunStatus,
+    SendingStatus,
+    SentHow,
+    StuckReason,
+    values,
+)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,26 +52,16 @@ NAMING = {
 }
 metadata = MetaData(naming_convention=NAMING)
 
-SENDING_STATUSES = ("to_send", "sent", "not_required", "cancelled")
-SENT_HOW = ("automatic", "manual", "ignored", "marked_sent")
-ACTION_STATUSES = ("scheduled", "sending", "sent", "manual", "ignored", "cancelled")
-MANUAL_REASONS = (
-    "manual_template",
-    "no_contact",
-    "invalid_contact",
-    "template_error",
-    "provider_rejected",
-    "provider_error",
-    "delivery_unknown",
-    "bounced",
-    "missing_pdf",  # beyond the contract: the invoice's PDF file is not where pdf_path says
-    "pdf_outside_root",  # beyond the contract: pdf_path leads outside DISPATCH_PDF_ROOT (never read)
-    "invalid_pdf",  # beyond the contract: not a regular file, over the size limit, or not a PDF
-)
-CHANNELS = ("email", "letter", "sms")
-ACCOUNTING_STATUSES = ("open", "paid", "void")
-PLAN_LEVELS = ("customer", "invoice")
-RUN_STATUSES = ("running", "succeeded", "failed")
+# The values each CHECK constraint allows, taken from the enums of dispatch.vocabulary (one
+# definition; the migrations keep the same text frozen, and a test compares the two schemas).
+SENDING_STATUSES = values(SendingStatus)
+SENT_HOW = values(SentHow)
+ACTION_STATUSES = values(ActionStatus)
+MANUAL_REASONS = values(ManualReason)
+CHANNELS = values(ChannelName)
+ACCOUNTING_STATUSES = values(AccountingStatus)
+PLAN_LEVELS = values(PlanLevel)
+RUN_STATUSES = values(RunStatus)
 
 
 def _in(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
@@ -78,7 +82,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):  # type: ignore[override]
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -86,7 +90,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value, dialect):  # type: ignore[override]
+    def process_result_value(self, value: dt.datetime | str | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
@@ -133,7 +137,7 @@ plans = Table(
     # the plan's current invoice-sending template (NULL: none); see invoice_templates
     Column("template_id", String(96)),
     CheckConstraint(_in("level", PLAN_LEVELS), name="level"),
-    CheckConstraint("level = 'customer' OR template_id IS NULL", name="template_level"),
+    CheckConstraint(f"level = '{PlanLevel.CUSTOMER}' OR template_id IS NULL", name="template_level"),
 )
 
 # Templates are immutable versions: editing a plan's template in the config creates a new
@@ -238,7 +242,9 @@ invoice_actions = Table(
     CheckConstraint(_in("status", ACTION_STATUSES), name="status"),
     CheckConstraint(_in("manual_reason", MANUAL_REASONS, nullable=True), name="manual_reason"),
     CheckConstraint(_in("channel", CHANNELS), name="channel"),
-    CheckConstraint("status <> 'manual' OR manual_reason IS NOT NULL", name="manual_has_reason"),
+    CheckConstraint(
+        f"status <> '{ActionStatus.MANUAL}' OR manual_reason IS NOT NULL", name="manual_has_reason"
+    ),
     Index(None, "status", "scheduled_for"),
     Index(None, "org_id", "status"),
 )
@@ -283,7 +289,7 @@ dispatch_runs = Table(
     Column("horizon", UTCDateTime),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
-    Column("status", String(16), nullable=False, server_default="running"),
+    Column("status", String(16), nullable=False, server_default=RunStatus.RUNNING.value),
     Column("counts", JSON),
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
 )
@@ -382,7 +388,7 @@ VIEWS = {
 }
 
 # stuck_invoices.reason values beside the manual reasons
-STUCK_REASONS = ("no_plan", "no_template", "dead_run", *MANUAL_REASONS)
+STUCK_REASONS = (*values(StuckReason), *MANUAL_REASONS)
 
 
 def view_sql(name: str, dialect: str) -> str:
