@@ -1,0 +1,5 @@
+"""The JSON API (CONTRACT §8)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["api"])

@@ -1,0 +1,5 @@
+"""The invoices pages."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
