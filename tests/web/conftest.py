@@ -113,3 +113,35 @@ def web_server(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
     yield start
     for server in started:
         stop_web(server)
+
+
+# --- a small world with a to-do list ---------------------------------------------------------
+
+T1 = "2026-12-02T05:00Z"
+
+
+def build_todo_world(w) -> None:  # type: ignore[no-untyped-def]
+    """Two owners' manual actions (a manual plan each), one customer without e-mail
+    (no_contact, owned by alice), one automatic e-mail that goes out: run on T1."""
+    from tests.builders import World
+
+    assert isinstance(w, World)
+    w.org().user("u_bob")
+    w.plan("p_alice", automatic=False, owner="u_alice").plan("p_bob", automatic=False, owner="u_bob")
+    w.plan("p_mail")
+    w.customer("c_a1", plan="p_alice", name="Alpha <b>One</b>").customer("c_a2", plan="p_alice")
+    w.customer("c_a3", plan="p_alice").customer("c_b1", plan="p_bob").customer("c_b2", plan="p_bob")
+    w.customer("c_nomail", email=None, plan="p_mail").customer("c_ok", plan="p_mail")
+    w.load_config()
+    for n, cust in enumerate(("c_a1", "c_a2", "c_a3", "c_b1", "c_b2", "c_nomail", "c_ok"), start=1):
+        w.invoice(f"i{n}", cust, number=f"F-2026-{n:03d}")
+    w.run(T1)
+
+
+@pytest.fixture
+def todo_world(backend: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tests.builders import open_world
+
+    with open_world(backend, tmp_path) as world:
+        build_todo_world(world)
+        yield world

@@ -76,7 +76,7 @@ def _require_known(kind: str, ids: list[str], found: pd.Series) -> None:
 INSTANT_COLUMNS = ("first_seen_at", "sent_at", "source_updated_at", "created_at", "manual_since")
 
 
-def _instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
+def instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
     for column in INSTANT_COLUMNS:
         if column in df.columns:
             df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
@@ -94,7 +94,7 @@ def _listing(
     if params:
         sql += f" WHERE {where}"
     with engine.connect() as conn:
-        return _instants_as_utc(
+        return instants_as_utc(
             pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params={**params, **(extra or {})})
         )
 
@@ -347,3 +347,29 @@ def send_action_now(
         "template_id": version.get(action_id),
         **after._asdict(),
     }  # type: ignore[union-attr]
+
+
+def send_actions_now(
+    db: Database,
+    accounting: Engine,
+    action_ids: Sequence[str],
+    at: dt.datetime,
+    channels: dict[str, Channel],
+    settings: Settings,
+    *,
+    actor: str | None = None,
+) -> list[dict]:
+    """Send several manual actions now, one after the other (:func:`send_action_now`).
+
+    Every id is checked first: one unknown id or one action that is not open refuses the
+    whole call before anything goes out, as for ignoring."""
+    ids = _unique(action_ids)
+    A = invoice_actions
+    with db.read() as conn:
+        found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.status])
+    _require_known("action", ids, found["action_id"])
+    closed = found[~found["status"].isin(OPEN_ACTION)]
+    if not closed.empty:
+        listed = ", ".join(f"{a} ({s})" for a, s in zip(closed["action_id"], closed["status"], strict=True))
+        raise RefusedError(f"cannot send action(s) that are not open: {listed} — nothing was changed")
+    return [send_action_now(db, accounting, a, at, channels, settings, actor=actor) for a in ids]

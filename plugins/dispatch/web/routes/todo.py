@@ -86,7 +86,7 @@ def todo(
     return page(request, web, user, filters)
 
 
-def _status_of(exc: DispatchError) -> int:
+def status_of(exc: DispatchError) -> int:
     return 404 if isinstance(exc, UnknownIdError) else 409 if isinstance(exc, RefusedError) else 400
 
 
@@ -117,7 +117,7 @@ def ignore_selected(
     try:
         result = operations.ignore_actions(web.db, ids, now(), actor=user)
     except DispatchError as exc:
-        return page(request, web, user, filters, str(exc), "error", _status_of(exc))
+        return page(request, web, user, filters, str(exc), "error", status_of(exc))
     return page(request, web, user, filters, result.summary("ignored"))
 
 
@@ -137,7 +137,7 @@ def send(
     try:
         result = send_now(web, action_id, user)
     except DispatchError as exc:
-        return page(request, web, user, filters, str(exc), "error", _status_of(exc))
+        return page(request, web, user, filters, str(exc), "error", status_of(exc))
     if result["status"] == "sent":
         return page(request, web, user, filters, f"1 sent: {action_id} to {result['recipient']}")
     return page(request, web, user, filters, sent_words(action_id, result), "error", 409)

@@ -6,11 +6,24 @@ document.addEventListener("change", function (event) {
     box.checked = all.checked;
   });
 });
-// "More actions" opens its menu by keyboard and mouse (a <details> element does the rest).
+// The "More actions" menu button: toggles its menu, moves focus into it, Escape closes it.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("[data-menu]");
+  document.querySelectorAll("[data-menu][aria-expanded='true']").forEach(function (open) {
+    if (open !== button) toggle(open, false);
+  });
+  if (button) toggle(button, button.getAttribute("aria-expanded") !== "true");
+});
+function toggle(button, open) {
+  var menu = document.getElementById(button.getAttribute("aria-controls"));
+  button.setAttribute("aria-expanded", open ? "true" : "false");
+  menu.hidden = !open;
+  if (open) { var item = menu.querySelector("[role=menuitem]"); if (item) item.focus(); }
+}
 document.addEventListener("keydown", function (event) {
   if (event.key !== "Escape") return;
-  document.querySelectorAll("details.menu[open]").forEach(function (menu) {
-    menu.removeAttribute("open");
-    menu.querySelector("summary").focus();
+  document.querySelectorAll("[data-menu][aria-expanded='true']").forEach(function (button) {
+    toggle(button, false);
+    button.focus();
   });
 });
