@@ -37,12 +37,13 @@ def _wants_json(request: Request) -> bool:
 def create_app(
     authenticator: Authenticator,
     *,
-    secret: bytes,
+    secret: bytes | None = None,
     settings: Settings | Callable[[], Settings] | None = None,
 ) -> FastAPI:
     """The application. ``settings`` (or a function returning them, called at the first
     request) say which database; by default the environment's
-    (:func:`dispatch.config.settings.load_settings`). ``secret`` signs sessions and CSRF tokens."""
+    (:func:`dispatch.config.settings.load_settings`). ``secret`` signs the CSRF tokens (default:
+    from ``DISPATCH_WEB_SECRET``, read with the settings)."""
     from dispatch.config.settings import load_settings
     from dispatch.web.routes import api, invoices, runs, todo
 
@@ -54,7 +55,7 @@ def create_app(
         redoc_url=None,
     )
     loader = settings if callable(settings) else (lambda: settings) if settings is not None else load_settings
-    app.state.web = WebContext(settings_loader=loader, authenticator=authenticator, secret=secret)
+    app.state.web = WebContext(settings_loader=loader, authenticator=authenticator, given_secret=secret)
 
     signed_in = [Depends(current_user)]
     for router in (todo.router, invoices.router, runs.router):
