@@ -102,7 +102,8 @@ def test_send_goes_once_the_contact_is_fixed(client: TestClient, todo_world: Wor
 def test_a_browser_session_needs_the_csrf_token(client: TestClient, todo_world: World) -> None:
     assert client.get("/dispatch/api/todo").status_code == 401
     assert client.post("/dispatch/api/todo/ignore", json={"action_ids": ["x"]}).status_code == 401
-    assert client.get(f"/dispatch/todo?token={TOKEN}", follow_redirects=False).status_code == 303
+    login = client.get(f"/dispatch/todo?owner=u_bob&token={TOKEN}", follow_redirects=False)
+    assert (login.status_code, login.headers["location"]) == (303, "/dispatch/todo?owner=u_bob")
     body = {"action_ids": [_action(todo_world, "i4")]}
     refused = client.post("/dispatch/api/todo/ignore", json=body)
     assert refused.status_code == 403 and todo_world.sending_status("i4") == "to_send"
@@ -136,3 +137,13 @@ def test_invoices_page_by_key_and_one_invoice(client: TestClient, todo_world: Wo
     assert one["invoice"]["sending_status"] == "sent" and one["invoice"]["status"] in ("not_due", "overdue")
     assert [e["event"] for e in one["events"]][-1] == "sent"
     assert client.get("/dispatch/api/invoices/nope", headers=AUTH).status_code == 404
+
+
+def test_the_email_preview_cannot_run_script(client: TestClient, todo_world: World) -> None:
+    page = client.get("/dispatch/invoices/i7", headers=AUTH)
+    assert '<iframe class="preview" title="E-mail preview" sandbox src=' in page.text
+    preview = client.get("/dispatch/invoices/i7/message.html", headers=AUTH)
+    assert preview.status_code == 200 and "F-2026-007" in preview.text
+    assert preview.headers["content-security-policy"].startswith("sandbox; default-src 'none'")
+    assert client.get("/dispatch/invoices/i1/message.html", headers=AUTH).status_code == 404  # not sent
+    assert client.get("/dispatch/invoices/i7/message.html").status_code == 401
