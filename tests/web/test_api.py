@@ -147,3 +147,14 @@ def test_the_email_preview_cannot_run_script(client: TestClient, todo_world: Wor
     assert preview.headers["content-security-policy"].startswith("sandbox; default-src 'none'")
     assert client.get("/dispatch/invoices/i1/message.html", headers=AUTH).status_code == 404  # not sent
     assert client.get("/dispatch/invoices/i7/message.html").status_code == 401
+
+
+def test_every_page_has_its_json_twin(client: TestClient, todo_world: World) -> None:
+    api = client.get("/dispatch/api/todo", headers=AUTH).json()
+    assert client.get("/dispatch/todo.json", headers=AUTH).json() == api
+    sent = client.get("/dispatch/invoices.json?status=sent", headers=AUTH).json()
+    assert [r["number"] for r in sent["invoices"]] == ["F-2026-007"]
+    assert client.get("/dispatch/invoices/i7.json", headers=AUTH).json()["invoice"]["invoice_id"] == "i7"
+    assert client.get("/dispatch/invoices/nope.json", headers=AUTH).json()["detail"].startswith("unknown")
+    assert len(client.get("/dispatch/runs.json", headers=AUTH).json()) == 1
+    assert client.get("/dispatch/todo.json").status_code == 401

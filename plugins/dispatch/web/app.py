@@ -28,9 +28,14 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/") or (
-        "application/json" in request.headers.get("accept", "")
-        and "text/html" not in request.headers.get("accept", "")
+    path = request.url.path
+    return (
+        path.startswith(f"{request.scope.get('root_path', '')}/api/")
+        or path.endswith(".json")
+        or (
+            "application/json" in request.headers.get("accept", "")
+            and "text/html" not in request.headers.get("accept", "")
+        )
     )
 
 
@@ -58,9 +63,9 @@ def create_app(
     app.state.web = WebContext(settings_loader=loader, authenticator=authenticator, given_secret=secret)
 
     signed_in = [Depends(current_user)]
-    for router in (todo.router, invoices.router, runs.router):
+    # the .json twins first: /invoices/{id}.json would otherwise be the page of id "….json"
+    for router in (api.twins, todo.router, invoices.router, runs.router, api.router):
         app.include_router(router, dependencies=signed_in)
-    app.include_router(api.router, dependencies=signed_in)
     app.include_router(webhooks_router)  # signed by the provider, no session
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
