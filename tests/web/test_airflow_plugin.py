@@ -28,10 +28,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _call(url: str, *, token: str | None = None, body: dict | None = None) -> tuple[int, str]:
+def _call(
+    url: str, *, token: str | None = None, body: dict | None = None, cookie: str | None = None
+) -> tuple[int, str]:
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = f"_token={cookie}"  # what the Airflow UI's login sets
     data = json.dumps(body).encode() if body is not None else None
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as r:
@@ -105,7 +109,13 @@ def test_the_plugin_behind_airflows_login(world: World, tmp_path: Path) -> None:
         ]  # fmt: skip
         status, body = _call(f"{base}/dispatch/api/todo/ignore", token=token, body={"action_ids": ["act_x"]})
         assert status == 404 and "nothing was changed" in body
+        # the Airflow UI's session cookie opens the pages; a change from it needs the CSRF token
+        status, page = _call(f"{base}/dispatch/todo", cookie=token)
+        assert status == 200 and "Select F-2026-002" in page
+        assert "Signed in as <strong>claire</strong>" in page
         action = world.action("i1")["action_id"]  # type: ignore[index]
+        status, _ = _call(f"{base}/dispatch/api/todo/ignore", cookie=token, body={"action_ids": [action]})
+        assert status == 403 and world.action("i1")["status"] == "manual"  # type: ignore[index]
         status, body = _call(f"{base}/dispatch/api/todo/ignore", token=token, body={"action_ids": [action]})
         assert status == 200, body
         assert [(e["event"], e["actor"]) for e in world.events("i1")][-1] == ("ignored", "claire")
