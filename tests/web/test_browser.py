@@ -145,4 +145,7 @@ def test_runs_page_has_the_table_and_the_chart(page, server, world: World) -> No
     _open(page, server)
     page.get_by_role("link", name="Runs").click()
     expect(page.get_by_role("img", name="Invoices sent per day and channel")).to_be_visible()
+    # the one e-mail the run sent on Dec 02, in the chart's text alternative and as its bar
+    expect(page.locator("svg.chart desc")).to_have_text("Dec 02: 1")
+    expect(page.locator("svg.chart rect title")).to_have_text(["2026-12-02 email: 1"])
     expect(page.locator("tbody tr")).to_have_count(1)
