@@ -180,3 +180,21 @@ def test_the_invoice_page_shows_an_sms_text_and_a_letters_pdf(tmp_path) -> None:
         assert "Download the letter (PDF)" in letter.text
         pdf = client.get("/dispatch/invoices/i_letter/message.pdf", headers=AUTH)
         assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+
+
+def test_keyset_pages_forward_backward_and_last(todo_world: World) -> None:
+    from dispatch.web.queries import invoice_page
+
+    def ids(page) -> list[str]:  # type: ignore[no-untyped-def]
+        return [r["invoice_id"] for r in page.rows]
+
+    first = invoice_page(todo_world.dispatch, size=3)
+    assert (ids(first), first.has_previous, first.has_next) == (["i1", "i2", "i3"], False, True)
+    second = invoice_page(todo_world.dispatch, size=3, after=first.last_id)
+    assert (ids(second), second.has_previous, second.has_next) == (["i4", "i5", "i6"], True, True)
+    last = invoice_page(todo_world.dispatch, size=3, last=True)
+    assert (ids(last), last.has_previous, last.has_next) == (["i5", "i6", "i7"], True, False)
+    back = invoice_page(todo_world.dispatch, size=3, before=second.first_id)
+    assert (ids(back), back.has_previous, back.has_next) == (["i1", "i2", "i3"], False, True)
+    to_send_last = invoice_page(todo_world.dispatch, size=2, status="to_send", last=True)
+    assert ids(to_send_last) == ["i5", "i6"]
