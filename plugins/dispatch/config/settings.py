@@ -87,6 +87,12 @@ class Settings:
     smtp_timeout: float = 60.0
     #: SMTP connections used at once per worker (each sends its messages one after the other)
     smtp_connections: int = 4
+    # --- the web pages (CONTRACT §8) ---
+    #: the standalone token of ``dispatch web`` (none: a random one per start)
+    web_token: str | None = _secret()
+    #: signs sessions and CSRF tokens; default: derived from the web token (standalone) or
+    #: random per process (inside Airflow: set it when the api-server runs several workers)
+    web_secret: str | None = _secret()
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -150,6 +156,9 @@ ENV_NAMES: dict[str, str] = {
     "http_timeout": "DISPATCH_HTTP_TIMEOUT",
     "smtp_timeout": "SMTP_TIMEOUT",
     "smtp_connections": "SMTP_CONNECTIONS",
+    # the web pages
+    "web_token": "DISPATCH_WEB_TOKEN",
+    "web_secret": "DISPATCH_WEB_SECRET",
 }
 
 
