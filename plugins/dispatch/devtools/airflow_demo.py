@@ -39,11 +39,13 @@ POOLS_FILE = "include/airflow/pools.json"
 
 
 def local_airflow_env() -> dict[str, str]:
-    """The settings of the local Airflow: this repository's ``dags/``, metadata in SQLite under
-    ``var/airflow`` (Airflow's default when nothing else is configured), no example DAGs."""
+    """The settings of the local Airflow: this repository's ``dags/`` and ``plugins/`` (the pages
+    under ``/dispatch``), metadata in SQLite under ``var/airflow`` (Airflow's default when
+    nothing else is configured), no example DAGs."""
     return {
         "AIRFLOW_HOME": str(resolve(AIRFLOW_HOME)),
         "AIRFLOW__CORE__DAGS_FOLDER": str(repo_root() / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo_root() / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
 
