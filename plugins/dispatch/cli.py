@@ -567,6 +567,46 @@ def bounces_pull(at: str | None) -> None:
     click.echo(f"bounces: entries {listed}; {summary.bounced} sent e-mails became manual (bounced)")
 
 
+# --- web ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65_535), help="TCP port.")
+@click.option(
+    "--user",
+    "user",
+    metavar="NAME",
+    help="Who the pages act as, for the audit log (default: $DISPATCH_ACTOR, else your OS user).",
+)
+@handle_errors
+def web(host: str, port: int, user: str | None) -> None:
+    """Serve the pages (to-do list, invoices, runs) and their JSON API standalone.
+
+    Prints the URL with the token that opens a session (DISPATCH_WEB_TOKEN when set)."""
+    import socket
+
+    import uvicorn
+
+    from dispatch.people.actor import resolve_actor
+    from dispatch.web import server
+
+    settings = _settings()
+    token = server.web_token(settings)
+    app = server.build(settings, token, resolve_actor(user))
+    # bind first, so the printed URL names the port really listened on (--port 0: a free one)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise Fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    click.echo(f"dispatch web: {server.url(host, sock.getsockname()[1], token)}")
+    sys.stdout.flush()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 

@@ -87,6 +87,12 @@ class Settings:
     smtp_timeout: float = 60.0
     #: SMTP connections used at once per worker (each sends its messages one after the other)
     smtp_connections: int = 4
+    # --- the web pages (CONTRACT §8) ---
+    #: the standalone token of ``dispatch web`` (none: a random one per start)
+    web_token: str | None = _secret()
+    #: signs sessions and CSRF tokens; default: derived from the web token (standalone) or
+    #: random per process (inside Airflow: set it when the api-server runs several workers)
+    web_secret: str | None = _secret()
     # --- delivery webhooks (issue 13): the keys that check the providers' signatures ---------
     #: SendGrid's Event Webhook verification key (base64, Mail Settings › Signed Event Webhook)
     sendgrid_webhook_public_key: str | None = None
@@ -155,6 +161,9 @@ ENV_NAMES: dict[str, str] = {
     "http_timeout": "DISPATCH_HTTP_TIMEOUT",
     "smtp_timeout": "SMTP_TIMEOUT",
     "smtp_connections": "SMTP_CONNECTIONS",
+    # the web pages
+    "web_token": "DISPATCH_WEB_TOKEN",
+    "web_secret": "DISPATCH_WEB_SECRET",
 }
 # delivery webhooks (issue 13); Twilio's callbacks are checked with TWILIO_AUTH_TOKEN
 ENV_NAMES.update(

@@ -103,3 +103,33 @@ def as_table(df: pd.DataFrame, columns: list[str] | None = None, width: int = WI
     footer += f"; not shown: {', '.join(hidden)} — --json or --csv give every column)" if hidden else ")"
     lines.append(footer)
     return "\n".join(line[:width] for line in lines)
+
+
+# A manual action's reason as the person who fixes it reads it: what is wrong and what to do.
+_CONTACT = {"email": "an e-mail address", "sms": "a mobile number", "letter": "a postal address"}
+_THE_CONTACT = {"email": "the e-mail address", "sms": "the mobile number", "letter": "the postal address"}
+
+
+def reason_in_words(
+    reason: str | None, channel: str, customer: str | None, plan: str | None, detail: str | None
+) -> str:
+    """``reason`` in plain words with what to fix ("add an e-mail address to customer X")."""
+    who = f"customer {customer}" if customer else "the customer"
+    contact = _CONTACT.get(channel, "a contact")
+    plan_name = f"plan {plan}" if plan else "the plan"
+    the_contact = _THE_CONTACT.get(channel, "the contact")
+    words = {
+        "manual_template": f"The template of {plan_name} is manual: send it or ignore it.",
+        "no_contact": f"Add {contact} to {who}, then send.",
+        "invalid_contact": f"Fix {the_contact} of {who}, then send.",
+        "template_error": f"Fix the template of {plan_name} and load the configuration, then send.",
+        "provider_rejected": f"The provider refused it: fix {the_contact} of {who} or the message.",
+        "provider_error": "The provider kept failing: send again later.",
+        "delivery_unknown": "The provider never said whether it went out: check with it before sending.",
+        "bounced": f"The e-mail bounced: fix the e-mail address of {who}, then send.",
+        "missing_pdf": "The invoice PDF is not where the accounting system says: put it there, then send.",
+        "pdf_outside_root": "The invoice PDF lies outside the invoice folder: move it there, then send.",
+        "invalid_pdf": "The invoice PDF is not a valid PDF or is too large: replace it, then send.",
+    }
+    said = words.get(reason or "", f"Manual ({reason}).")
+    return f"{said} ({detail})" if detail else said

@@ -27,7 +27,16 @@ from dispatch.stages.dispatch_batch import send_claimed
 from dispatch.stages.write_back import sync_invoice_statuses
 from dispatch.storage.bulk import chunks
 from dispatch.storage.migrate import is_current
-from dispatch.storage.schema import SENDING_STATUSES, action_events, invoice_actions, invoices, users
+from dispatch.storage.schema import (
+    CHANNELS,
+    MANUAL_REASONS,
+    SENDING_STATUSES,
+    action_events,
+    invoice_actions,
+    invoices,
+    organizations,
+    users,
+)
 from dispatch.storage.session import Database
 
 OPEN_ACTION = ("scheduled", "manual")
@@ -40,6 +49,11 @@ class OperationResult:
 
     def __str__(self) -> str:
         return f"{len(self.changed)} changed, {len(self.unchanged)} already done"
+
+    def summary(self, verb: str) -> str:
+        """What a page says after the operation: "2 ignored", "1 marked as sent, 1 already done"."""
+        said = f"{len(self.changed)} {verb}"
+        return said + (f", {len(self.unchanged)} already done" if self.unchanged else "")
 
 
 def _unique(ids: Sequence[str]) -> list[str]:
@@ -62,18 +76,27 @@ def _require_known(kind: str, ids: list[str], found: pd.Series) -> None:
 INSTANT_COLUMNS = ("first_seen_at", "sent_at", "source_updated_at", "created_at", "manual_since")
 
 
-def _instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
+def instants_as_utc(df: pd.DataFrame) -> pd.DataFrame:
     for column in INSTANT_COLUMNS:
         if column in df.columns:
             df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
     return df
 
 
-def _listing(engine: Engine, sql: str, where: str, params: dict[str, str], order: str) -> pd.DataFrame:
+def _listing(
+    engine: Engine,
+    sql: str,
+    where: str,
+    params: dict[str, str],
+    order: str,
+    extra: dict[str, str] | None = None,
+) -> pd.DataFrame:
     if params:
         sql += f" WHERE {where}"
     with engine.connect() as conn:
-        return _instants_as_utc(pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params=params))
+        return instants_as_utc(
+            pd.read_sql(text(f"{sql} ORDER BY {order}"), conn, params={**params, **(extra or {})})
+        )
 
 
 # What `invoices --status` accepts: a status of the view invoice_status, or a sending status.
@@ -113,17 +136,59 @@ def check_invoice_status(status: str) -> None:
         raise BadFilterError(f"--status {status!r}: not a status; allowed: {', '.join(INVOICE_FILTERS)}")
 
 
-def todo_list(engine: Engine, owner: str | None = None) -> pd.DataFrame:
-    """The to-do list (view ``todo_invoicing``), for one owner (a known user) or everyone."""
+def check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise BadFilterError(f"{option} {value!r}: not allowed; allowed: {_allowed(list(allowed))}")
+
+
+def check_org(engine: Engine, org: str) -> None:
+    with engine.connect() as conn:
+        known = conn.execute(select(organizations.c.org_id).order_by(organizations.c.org_id)).scalars().all()
+    check_choice("--org", org, known)
+
+
+# the to-do rows with what the pages need beside the view's columns: the plan (a template
+# error is fixed there) and the invoice's amount
+TODO_SQL = (
+    "SELECT t.*, a.plan_id, p.name AS plan_name, i.total_amount, i.currency FROM todo_invoicing t "
+    "JOIN invoice_actions a ON a.action_id = t.action_id "
+    "JOIN invoices i ON i.invoice_id = t.invoice_id "
+    "LEFT JOIN plans p ON p.plan_id = a.plan_id"
+)
+
+
+def todo_list(
+    engine: Engine,
+    owner: str | None = None,
+    *,
+    reason: str | None = None,
+    channel: str | None = None,
+    org: str | None = None,
+    first: str | None = None,
+) -> pd.DataFrame:
+    """The to-do list (view ``todo_invoicing``), for one owner (a known user) or everyone,
+    optionally one manual reason, channel or organization; ``first``'s own actions come first."""
     require_schema(engine)
     if owner is not None:
         check_owner(engine, owner)
+    if reason is not None:
+        check_choice("--reason", reason, MANUAL_REASONS)
+    if channel is not None:
+        check_choice("--channel", channel, CHANNELS)
+    if org is not None:
+        check_org(engine, org)
+    wanted = {"owner_user_id": owner, "manual_reason": reason, "channel": channel, "org_id": org}
+    params = {k: v for k, v in wanted.items() if v is not None}
+    order = "t.owner_user_id, t.created_at, t.action_id"
+    if first is not None:
+        order = "CASE WHEN t.owner_user_id = :first THEN 0 ELSE 1 END, " + order
     return _listing(
         engine,
-        "SELECT * FROM todo_invoicing",
-        "owner_user_id = :owner",
-        {"owner": owner} if owner is not None else {},
-        "owner_user_id, created_at, action_id",
+        TODO_SQL,
+        " AND ".join(f"t.{k} = :{k}" for k in params),
+        params,
+        order,
+        extra={"first": first} if first is not None else None,
     )
 
 
@@ -282,3 +347,29 @@ def send_action_now(
         "template_id": version.get(action_id),
         **after._asdict(),
     }  # type: ignore[union-attr]
+
+
+def send_actions_now(
+    db: Database,
+    accounting: Engine,
+    action_ids: Sequence[str],
+    at: dt.datetime,
+    channels: dict[str, Channel],
+    settings: Settings,
+    *,
+    actor: str | None = None,
+) -> list[dict]:
+    """Send several manual actions now, one after the other (:func:`send_action_now`).
+
+    Every id is checked first: one unknown id or one action that is not open refuses the
+    whole call before anything goes out, as for ignoring."""
+    ids = _unique(action_ids)
+    A = invoice_actions
+    with db.read() as conn:
+        found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.status])
+    _require_known("action", ids, found["action_id"])
+    closed = found[~found["status"].isin(OPEN_ACTION)]
+    if not closed.empty:
+        listed = ", ".join(f"{a} ({s})" for a, s in zip(closed["action_id"], closed["status"], strict=True))
+        raise RefusedError(f"cannot send action(s) that are not open: {listed} — nothing was changed")
+    return [send_action_now(db, accounting, a, at, channels, settings, actor=actor) for a in ids]
