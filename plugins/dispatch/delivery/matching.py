@@ -7,6 +7,12 @@ this database never sent (another system on the same account). It is kept unmatc
 sweep over the recently received ones (:func:`match_received_since`) and by the daily run
 (``pull_bounces``) over :data:`MATCH_WINDOW`.
 
+The message id alone identifies the message: each provider's ids have their own shape
+(SendGrid's X-Message-Id, Twilio's ``SM…``, the print API's ``ltr_…``, the outbox's
+``email/<action_id>.eml``), and an event is only stored once its provider's signature holds,
+so the action's ``provider`` is not compared (the demo posts provider events about the
+outbox's messages, standing in for a provider it does not have).
+
 Each UPDATE sets ``action_id`` only where it is still NULL and returns the rows it set, so
 an event is matched once — and its consequence applied once — however many requests or
 runs try at the same time (PostgreSQL re-checks the condition after a concurrent update).
@@ -49,7 +55,6 @@ def _match(conn: Connection, *conditions) -> list[Matched]:  # type: ignore[no-u
         update(delivery_events)
         .where(
             d.action_id.is_(None),
-            a.provider == d.provider,
             a.provider_message_id == d.provider_message_id,
             *conditions,
         )

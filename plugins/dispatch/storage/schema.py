@@ -450,8 +450,7 @@ VIEWS = {
                  ) AS latest
           FROM delivery_events d
           JOIN invoice_actions a
-            ON a.action_id = d.action_id AND a.provider = d.provider
-           AND a.provider_message_id = d.provider_message_id
+            ON a.action_id = d.action_id AND a.provider_message_id = d.provider_message_id
           WHERE d.state <> 'other'
         ) ranked
         WHERE latest = 1

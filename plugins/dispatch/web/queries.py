@@ -142,10 +142,19 @@ def invoice_detail(engine: Engine, invoice_id: str) -> dict[str, Any] | None:
                 params={"id": invoice_id},
             ).rename(columns={"at": "created_at"})
         )
+        # each recipient's latest delivery state, from the providers' webhooks (docs/webhooks.md)
+        deliveries = conn.execute(
+            text(
+                "SELECT recipient, state, event, provider, reason, at FROM delivery_status "
+                "WHERE invoice_id = :id ORDER BY recipient"
+            ),
+            {"id": invoice_id},
+        ).all()
     return {
         "invoice": dict(row._mapping),
         "action": dict(action._mapping) if action is not None else None,
         "events": events.to_dict("records"),
+        "deliveries": [dict(d._mapping) for d in deliveries],
     }
 
 

@@ -1,0 +1,50 @@
+"""The demo's delivery events (``dispatch.devtools.demo_webhooks``): posted signed to a real
+``dispatch web``, they make the invoice pages show delivered / opened and one bounce, and
+the bounced e-mail is in its owner's to-do list with SendGrid's reason."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from dispatch.devtools.demo_webhooks import demo_keys, post_demo_events
+
+from tests.web.conftest import WebServer
+from tests.webhooks.worlds import sent_world
+
+pytestmark = pytest.mark.slow
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_demo_events_show_on_the_invoice_pages(
+    backend: str, tmp_path: Path, web_server: Callable[..., WebServer]
+) -> None:
+    with sent_world(backend, tmp_path) as sw:
+        keys = demo_keys()
+        server = web_server(sw.w.env(**keys.env()))
+
+        story = post_demo_events(server.base_url, sw.w.urls["dispatch"], keys)
+
+        assert (len(story.delivered), len(story.opened), story.answer["matched"]) == (1, 1, 5)
+        [opened], bounced = story.opened, story.bounced
+        assert {opened, bounced} == {"e1", "e2"}
+        with httpx.Client(base_url=server.base_url, follow_redirects=True, timeout=30) as client:
+            client.get(f"/dispatch/todo?token={server.token}")
+            opened_page = _text(client.get(f"/dispatch/invoices/{opened}").text)
+            bounced_page = _text(client.get(f"/dispatch/invoices/{bounced}").text)
+            todo = _text(client.get("/dispatch/todo").text)
+        email = {"e1": "c1@customers.example", "e2": "c2@customers.example"}
+        assert re.search(rf"{email[opened]}: opened \d{{4}}-\d\d-\d\d \d\d:\d\d UTC", opened_page)
+        assert re.search(rf"{email[bounced]}: bounced .* sendgrid bounce · 550 5\.1\.1", bounced_page)
+        assert "550 5.1.1 The email account that you tried to reach does not exist" in todo
+        assert sw.w.action(bounced)["manual_reason"] == "bounced"
+        states = {
+            r["invoice_id"]: r["state"] for r in sw.w.rows("SELECT invoice_id, state FROM delivery_status")
+        }
+        assert states == {opened: "opened", bounced: "bounced"}
