@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
@@ -182,6 +183,15 @@ def post_demo_events(
     return story
 
 
+def same_code_env() -> dict[str, str]:
+    """``PYTHONPATH`` for a child ``dispatch`` process that runs this very code (a worktree's,
+    not whichever copy is installed)."""
+    import dispatch
+
+    here = str(Path(dispatch.__file__).resolve().parents[1])
+    return {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}
+
+
 _URL_LINE = re.compile(r"dispatch web: (?P<base>http://\S+?)/dispatch/todo\?token=")
 
 
@@ -189,7 +199,7 @@ def run_with_own_web() -> DemoEvents:
     """Start ``dispatch web`` on the configured database with a fresh key, post, stop."""
     settings = load_settings()
     keys = demo_keys()
-    env = {**os.environ, **keys.env()}
+    env = {**os.environ, **same_code_env(), **keys.env()}
     cmd = [sys.executable, "-m", "dispatch.cli", "web", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
