@@ -5,6 +5,7 @@ signature, a replay, a missing key are refused with 403 and leave nothing behind
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +46,13 @@ class Hooks:
 
     def url(self, provider: str) -> str:
         return f"{self.server.base_url}/dispatch/webhooks/{provider}"
+
+    def page_text(self, path: str) -> str:
+        """A page's text as a person reads it, logged in with the server's token."""
+        with httpx.Client(base_url=self.server.base_url, follow_redirects=True, timeout=30) as client:
+            client.get(f"/dispatch/todo?token={self.server.token}")
+            html = client.get(f"/dispatch{path}").text
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 @pytest.fixture
@@ -142,6 +150,11 @@ def test_duplicates_are_one_row_and_one_consequence(hooks: Hooks) -> None:
         assert (action["status"], action["manual_reason"]) == ("manual", "bounced"), invoice_id
         assert sw.w.event_names(invoice_id).count("bounced") == 1
     assert sw.w.action("e1")["status"] == "sent"
+    todo = hooks.page_text("/todo")
+    assert "The e-mail bounced: fix the e-mail address of customer Customer c2" in todo
+    assert "550 5.1.1 unknown" in todo
+    assert "The SMS was not delivered: fix the mobile number" in todo and "error 30003" in todo
+    assert "The letter came back: fix the postal address" in todo and "Returned to Sender" in todo
 
 
 def test_out_of_order_and_unknown_messages_are_kept(hooks: Hooks) -> None:
