@@ -110,7 +110,11 @@ def test_a_bad_signature_is_refused_and_nothing_recorded(hooks: Hooks) -> None:
     headers = hooks.sendgrid.headers(b'[{"event": "delivered"}]')
     answers.append(hooks.client.post(hooks.url("sendgrid"), content=body, headers=headers))
 
+    # a body too large to be a provider's batch is refused before it is read to the end
+    huge = hooks.client.post(hooks.url("sendgrid"), content=b"[" + b" " * (11 * 1024 * 1024) + b"]")
+
     assert [a.status_code for a in answers] == [403] * 6
+    assert huge.status_code == 413
     assert "nothing was recorded" in answers[0].json()["detail"]
     assert sw.deliveries() == []
     assert [a["status"] for a in sw.w.actions()] == ["sent"] * 4

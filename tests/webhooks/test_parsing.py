@@ -3,11 +3,14 @@ and the signature checks against requests signed as the providers document."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from dispatch.delivery import clock, printapi, sendgrid, twilio
 from dispatch.delivery.event import STATE_RANK, PayloadError, SignatureError
 
@@ -72,6 +75,12 @@ def test_sendgrid_signature_check() -> None:
         sendgrid.verify(key, body, sig, stamp, NOW + clock.TOLERANCE + dt.timedelta(seconds=5))
     with pytest.raises(ValueError):
         sendgrid.load_public_key("bm90IGEga2V5")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    rsa_der = rsa_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ValueError, match="not an ECDSA public key"):
+        sendgrid.load_public_key(base64.b64encode(rsa_der).decode())
 
 
 @pytest.mark.parametrize(

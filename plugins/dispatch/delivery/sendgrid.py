@@ -50,9 +50,12 @@ def load_public_key(text: str) -> EllipticCurvePublicKey:
     """The verification key as SendGrid shows it (base64 DER), or as a whole PEM block."""
     body = "".join(line for line in text.strip().splitlines() if not line.startswith("-----"))
     try:
-        return EventWebhook().convert_public_key_to_ecdsa(body)
+        key = EventWebhook().convert_public_key_to_ecdsa(body)
     except ValueError as exc:
         raise ValueError(f"SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key: {exc}") from None
+    if not isinstance(key, EllipticCurvePublicKey):
+        raise ValueError("SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA public key")
+    return key
 
 
 def verify(

@@ -30,6 +30,9 @@ from dispatch.web.deps import Context
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+#: a larger body is refused before it is read to the end (413): the signature can only be
+#: checked over the whole body, so an unsigned sender could otherwise fill the memory
+MAX_BODY = 10 * 1024 * 1024
 #: one sweep of the recent unmatched events per few seconds of this process's requests
 SWEEPER = Sweeper()
 
@@ -37,6 +40,22 @@ SWEEPER = Sweeper()
 @functools.lru_cache(maxsize=4)
 def _sendgrid_key(text: str) -> EllipticCurvePublicKey:
     return sendgrid.load_public_key(text)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request) -> bytes:
+    """The raw body (the signature covers these exact bytes), at most :data:`MAX_BODY`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _refused(status: int, detail: str) -> JSONResponse:
@@ -62,7 +81,10 @@ async def _accept(web: Context, check: Callable[[], Sequence[DeliveryEvent]]) ->
 
 @router.post("/sendgrid", summary="SendGrid Event Webhook (ECDSA-signed)")
 async def sendgrid_events(request: Request, web: Context) -> JSONResponse:
-    body = await request.body()
+    try:
+        body = await _body(request)
+    except _TooLarge:
+        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def check() -> Sequence[DeliveryEvent]:
         text = web.settings.sendgrid_webhook_public_key
@@ -86,7 +108,10 @@ async def sendgrid_events(request: Request, web: Context) -> JSONResponse:
 
 @router.post("/twilio", summary="Twilio message status callbacks (X-Twilio-Signature)")
 async def twilio_status(request: Request, web: Context) -> JSONResponse:
-    body = await request.body()
+    try:
+        body = await _body(request)
+    except _TooLarge:
+        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def check() -> Sequence[DeliveryEvent]:
         token = web.settings.twilio_auth_token
@@ -103,7 +128,10 @@ async def twilio_status(request: Request, web: Context) -> JSONResponse:
 
 @router.post("/printapi", summary="Print-and-mail letter tracking events (Lob-Signature)")
 async def printapi_events(request: Request, web: Context) -> JSONResponse:
-    body = await request.body()
+    try:
+        body = await _body(request)
+    except _TooLarge:
+        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def check() -> Sequence[DeliveryEvent]:
         secret = web.settings.printapi_webhook_secret
