@@ -197,3 +197,25 @@ def test_a_receiver_without_its_key_refuses_everything(
         assert [a.status_code for a in answers] == [403, 403, 403]
         assert "SENDGRID_WEBHOOK_PUBLIC_KEY is not set" in answers[0].json()["detail"]
         assert sw.deliveries() == []
+
+
+def test_the_same_bounce_posted_concurrently_is_one_row_and_one_event(hooks: Hooks) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sw = hooks.sw
+    batch = [
+        sendgrid_event("delivered", sw.message_id("e1"), "c1@customers.example"),
+        sendgrid_event("bounce", sw.message_id("e2"), "c2@customers.example", reason="550 gone"),
+    ]
+    body_posts = [batch, list(reversed(batch))] * 8  # the same events, in two orders, 16 at once
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(
+            pool.map(lambda b: hooks.sendgrid.post(hooks.client, hooks.url("sendgrid"), b), body_posts)
+        )
+
+    assert [a.status_code for a in answers] == [200] * 16
+    assert sum(a.json()["stored"] for a in answers) == 2
+    assert sum(a.json()["bounced"] for a in answers) == 1
+    assert len(sw.deliveries()) == 2
+    assert sw.w.event_names("e2").count("bounced") == 1 and sw.w.action("e1")["status"] == "sent"
