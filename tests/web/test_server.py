@@ -62,3 +62,13 @@ def test_bad_port_is_one_line_exit_2(port: str, tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert done.returncode == 2
+
+
+def test_make_demo_ends_with_the_url_that_opens_the_pages(capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatch.config.settings import load_settings
+    from dispatch.devtools.airflow_demo import print_pages
+
+    print_pages(load_settings({"DISPATCH_WEB_TOKEN": "demo-token"}))
+    out = capsys.readouterr().out
+    assert "DISPATCH_WEB_TOKEN=demo-token .venv/bin/dispatch web" in out
+    assert "http://127.0.0.1:8765/dispatch/todo?token=demo-token" in out

@@ -167,6 +167,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         'The UI: eval "$(.venv/bin/python -m dispatch.devtools.airflow_demo --env)" && airflow standalone'
         "   (see docs/airflow.md)"
     )
+    print_pages(settings)
+
+
+def print_pages(settings: Settings) -> None:
+    """The last lines: the pages people work from, ``dispatch web`` on the demo database
+    (docs/web.md). The token is fixed here so the printed URL is the one that opens them."""
+    from dispatch.web import server
+
+    token = server.web_token(settings)
+    print(
+        "The pages (to do, invoices, runs) on the demo database: "
+        f"DISPATCH_WEB_TOKEN={token} .venv/bin/dispatch web\n"
+        f"  then open {server.url('127.0.0.1', 8765, token)}   (see docs/web.md)"
+    )
 
 
 if __name__ == "__main__":

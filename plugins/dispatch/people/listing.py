@@ -121,7 +121,7 @@ def reason_in_words(
     """``reason`` in plain words with what to fix ("add an e-mail address to customer X")."""
     who = f"customer {customer}" if customer else "the customer"
     contact = _CONTACT.get(channel, "a contact")
-    plan_name = f"plan {plan}" if plan else "the plan"
+    plan_name = (plan if plan.lower().startswith("plan ") else f"plan {plan}") if plan else "the plan"
     the_contact = _THE_CONTACT.get(channel, "the contact")
     words = {
         "manual_template": f"The template of {plan_name} is manual: send it or ignore it.",

@@ -219,6 +219,7 @@ invoices = Table(
     Index(None, "customer_id"),
     Index(None, "first_seen_run_id"),  # what a run imported (0003)
     Index(None, "sending_status", "sent_how"),  # outcome totals, index-only (0003)
+    Index(None, "number"),  # the Invoices page's search by number (0008)
 )
 
 invoice_actions = Table(

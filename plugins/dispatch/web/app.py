@@ -28,21 +28,27 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/") or (
-        "application/json" in request.headers.get("accept", "")
-        and "text/html" not in request.headers.get("accept", "")
+    path = request.url.path
+    return (
+        path.startswith(f"{request.scope.get('root_path', '')}/api/")
+        or path.endswith(".json")
+        or (
+            "application/json" in request.headers.get("accept", "")
+            and "text/html" not in request.headers.get("accept", "")
+        )
     )
 
 
 def create_app(
     authenticator: Authenticator,
     *,
-    secret: bytes,
+    secret: bytes | None = None,
     settings: Settings | Callable[[], Settings] | None = None,
 ) -> FastAPI:
     """The application. ``settings`` (or a function returning them, called at the first
     request) say which database; by default the environment's
-    (:func:`dispatch.config.settings.load_settings`). ``secret`` signs sessions and CSRF tokens."""
+    (:func:`dispatch.config.settings.load_settings`). ``secret`` signs the CSRF tokens (default:
+    from ``DISPATCH_WEB_SECRET``, read with the settings)."""
     from dispatch.config.settings import load_settings
     from dispatch.web.routes import api, invoices, runs, todo
 
@@ -54,12 +60,12 @@ def create_app(
         redoc_url=None,
     )
     loader = settings if callable(settings) else (lambda: settings) if settings is not None else load_settings
-    app.state.web = WebContext(settings_loader=loader, authenticator=authenticator, secret=secret)
+    app.state.web = WebContext(settings_loader=loader, authenticator=authenticator, given_secret=secret)
 
     signed_in = [Depends(current_user)]
-    for router in (todo.router, invoices.router, runs.router):
+    # the .json twins first: /invoices/{id}.json would otherwise be the page of id "….json"
+    for router in (api.twins, todo.router, invoices.router, runs.router, api.router):
         app.include_router(router, dependencies=signed_in)
-    app.include_router(api.router, dependencies=signed_in)
     app.include_router(webhooks_router)  # signed by the provider, no session
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 
@@ -70,7 +71,7 @@ class TokenAuth:
         given = request.query_params.get("token")
         if given is not None and request.method == "GET" and security.token_matches(self.token, given):
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            query = "&".join(f"{k}={v}" for k, v in rest)
+            query = urlencode(rest)
             location = request.url.path + (f"?{query}" if query else "")
             raise LoginRedirect(location, security.session_value(self.secret, self.user))
         user = security.session_user(self.secret, request.cookies.get(security.SESSION_COOKIE))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -26,14 +27,22 @@ from dispatch.web.auth import Authenticator, Identity
 class WebContext:
     """What the application was created with; one per application (``app.state.web``)."""
 
-    settings_loader: object  # () -> Settings; read at the first request, not at import
+    settings_loader: Callable[[], Settings]  # read at the first request, not at import
     authenticator: Authenticator
-    secret: bytes
-    _settings: Settings | None = field(default=None, repr=False)
+    given_secret: bytes | None = field(default=None, repr=False)
 
     @functools.cached_property
     def settings(self) -> Settings:
-        return self._settings if self._settings is not None else self.settings_loader()  # type: ignore[operator]
+        return self.settings_loader()
+
+    @functools.cached_property
+    def secret(self) -> bytes:
+        """The key of the CSRF tokens: the one given, else ``DISPATCH_WEB_SECRET``, else random
+        for this process (then several api-server workers would not accept each other's)."""
+        if self.given_secret is not None:
+            return self.given_secret
+        configured = self.settings.web_secret
+        return security.derive_secret(configured) if configured else security.random_secret()
 
     @functools.cached_property
     def engine(self) -> Engine:

@@ -84,11 +84,12 @@ def invoice_page(
         where.append(f"(i.number = :q{f' OR i.customer_id IN ({bind})' if customers else ''})")
         params.update({"q": q, **{f"c{n}": c for n, c in enumerate(customers)}})
     backwards = last or before is not None
+    # the key bounds both sides of the join with the view, so each index walk starts at the key
     if after is not None:
-        where.append("i.invoice_id > :key")
+        where.append("i.invoice_id > :key AND s.invoice_id > :key")
         params["key"] = after
     elif before is not None:
-        where.append("i.invoice_id < :key")
+        where.append("i.invoice_id < :key AND s.invoice_id < :key")
         params["key"] = before
     sql = (
         f"SELECT {INVOICE_COLUMNS} FROM invoices i "

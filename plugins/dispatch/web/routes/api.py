@@ -195,3 +195,12 @@ def runs(web: Context, user: User, limit: int = 20) -> list[dict[str, Any]]:
     """The recorded runs, newest first, with their counts (as ``dispatch runs --json``)."""
     operations.require_schema(web.engine)
     return _records(list_runs(web.engine, max(1, min(limit, 1000))).to_dict("records"))
+
+
+# Each page's JSON twin at the same URL with ``.json`` (as Datasette does), so the page and
+# the API cannot disagree: the same functions as ``/api/...``.
+twins = APIRouter(tags=["api"])
+twins.add_api_route("/todo.json", todo, methods=["GET"], summary="The to-do page as JSON")
+twins.add_api_route("/invoices.json", invoices, methods=["GET"], summary="The invoices page as JSON")
+twins.add_api_route("/invoices/{invoice_id}.json", invoice, methods=["GET"], summary="An invoice as JSON")
+twins.add_api_route("/runs.json", runs, methods=["GET"], summary="The runs page as JSON")

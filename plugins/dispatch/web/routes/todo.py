@@ -24,7 +24,7 @@ def _blank(value: str | None) -> str | None:
 
 def todo_rows(web, user: str, owner, reason, channel, org) -> list[dict]:  # type: ignore[no-untyped-def]
     df = operations.todo_list(web.engine, owner, reason=reason, channel=channel, org=org, first=user)
-    rows = df.to_dict("records")
+    rows = df.astype(object).where(df.notna(), None).to_dict("records")  # NaN: nothing to show
     for row in rows:
         row["reason_words"] = reason_in_words(
             row["manual_reason"], row["channel"], row["customer_name"], row["plan_name"], row["detail"]

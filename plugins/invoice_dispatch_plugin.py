@@ -1,0 +1,41 @@
+"""The pages people work from, inside Airflow (CONTRACT §8): the web application of
+:mod:`dispatch.web` mounted in Airflow's api-server at ``/dispatch`` (``fastapi_apps``), with
+entries in Airflow's navigation (``external_views``, shown in an iframe of the Airflow UI).
+
+Airflow does not protect a plugin's endpoints: every page and API route resolves the
+logged-in user through Airflow's auth manager (:class:`dispatch.web.airflow_auth.AirflowAuth`)
+and answers 401 without one. Nothing is read at import: the settings (environment, as for
+``dispatch``) and the database are opened at the first request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.plugins_manager import AirflowPlugin
+from dispatch.web.airflow_auth import AirflowAuth
+from dispatch.web.app import PREFIX, create_app
+
+NAV = [
+    ("To do › Invoicing", "todo", "dispatch-todo"),
+    ("Invoices", "invoices", "dispatch-invoices"),
+    ("Invoice runs", "runs", "dispatch-runs"),
+]
+
+
+class InvoiceDispatchPlugin(AirflowPlugin):
+    name = "invoice_dispatch"
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": create_app(AirflowAuth()), "url_prefix": PREFIX, "name": "invoice-dispatch pages"}
+    ]
+    # href without a leading slash: relative to Airflow's base_url, so a reverse proxy's path holds
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": name,
+            "href": f"{PREFIX.lstrip('/')}/{page}",
+            "url_route": route,
+            "destination": "nav",
+            "category": "browse",
+        }
+        for name, page, route in NAV
+    ]
