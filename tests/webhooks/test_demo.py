@@ -48,3 +48,26 @@ def test_demo_events_show_on_the_invoice_pages(
             r["invoice_id"]: r["state"] for r in sw.w.rows("SELECT invoice_id, state FROM delivery_status")
         }
         assert states == {opened: "opened", bounced: "bounced"}
+
+
+def test_demo_events_about_the_outboxs_e_mails_as_in_make_demo(
+    backend: str, tmp_path: Path, web_server: Callable[..., WebServer]
+) -> None:
+    from tests.builders import open_world
+
+    with open_world(backend, tmp_path) as w:
+        w.org("acme").plan("p_mail")
+        for n in (1, 2, 3):
+            w.customer(f"c{n}", plan="p_mail").invoice(f"i{n}", f"c{n}", issued="2026-11-30")
+        w.load_config()
+        w.run("2026-11-30T09:00Z")  # the demo's backend: the file outbox
+        assert {a["provider"] for a in w.actions()} == {"outbox"}
+        keys = demo_keys()
+        server = web_server(w.env(**keys.env()))
+
+        story = post_demo_events(server.base_url, w.urls["dispatch"], keys)
+
+        states = sorted(r["state"] for r in w.rows("SELECT state FROM delivery_status"))
+        assert states == ["bounced", "delivered", "opened"]
+        assert (len(story.delivered), len(story.opened), story.bounced is not None) == (2, 1, True)
+        assert story.answer["matched"] == story.answer["events"] == 7  # processed, delivered (open); bounce

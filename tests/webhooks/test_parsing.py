@@ -32,6 +32,26 @@ def test_sendgrid_events_and_their_states(event: str, state: str) -> None:
     assert (parsed.event, parsed.state, parsed.provider_message_id) == (event, state, "14c5d75ce93")
 
 
+@pytest.mark.parametrize(
+    ("sg_message_id", "message_id"),
+    [
+        ("QkOb7HlO608pYJG6828RNw.filterdrecv-5645d9c87f-2x7nm-1-61A4-19.0", "QkOb7HlO608pYJG6828RNw"),
+        ("QkOb7HlO608pYJG6828RNw.recvd-7f9c-1-5F5FC1BC-9.0", "QkOb7HlO608pYJG6828RNw"),
+        (
+            "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+            "14c5d75ce93.dfd.64b469",
+        ),  # SendGrid's example
+        ("email/act_1.eml.filterdrecv-demo-0", "email/act_1.eml"),  # the demo's outbox messages
+        ("QkOb7HlO608pYJG6828RNw.0", "QkOb7HlO608pYJG6828RNw"),
+        ("", None),
+    ],
+)
+def test_the_message_id_is_the_x_message_id_before_sendgrids_suffix(
+    sg_message_id: str, message_id: str
+) -> None:
+    assert sendgrid.sg_message_id(sg_message_id) == message_id
+
+
 def test_sendgrid_event_fields() -> None:
     raw = sendgrid_event("bounce", "abc", "a@b.example", at=NOW, reason="550 5.1.1 unknown", type="blocked")
     [parsed] = sendgrid.parse(json.dumps([raw]).encode())
@@ -54,15 +74,17 @@ def test_sendgrid_refuses_what_is_not_a_list_of_events(body: bytes) -> None:
 
 
 def test_sendgrid_signature_check() -> None:
+    now = dt.datetime.now(dt.UTC)  # the signing clock, not the collection time
     sender = SendGridSender()
     key = sendgrid.load_public_key(sender.public_key)
     body = json.dumps([sendgrid_event("delivered", "m", "a@b.example")]).encode()
     headers = sender.headers(body)
     sig, stamp = headers[sendgrid.SIGNATURE_HEADER], headers[sendgrid.TIMESTAMP_HEADER]
+    signed = dt.datetime.fromtimestamp(int(stamp), dt.UTC)
 
-    sendgrid.verify(key, body, sig, stamp, NOW)  # valid: no exception
+    sendgrid.verify(key, body, sig, stamp, now)  # valid: no exception
     pem = "-----BEGIN PUBLIC KEY-----\n" + sender.public_key + "\n-----END PUBLIC KEY-----\n"
-    sendgrid.verify(sendgrid.load_public_key(pem), body, sig, stamp, NOW)
+    sendgrid.verify(sendgrid.load_public_key(pem), body, sig, stamp, now)
     for args in (
         (body + b" ", sig, stamp),  # the body changed
         (body, sig, str(int(stamp) + 1)),  # the timestamp changed
@@ -70,9 +92,9 @@ def test_sendgrid_signature_check() -> None:
         (body, None, stamp),
     ):
         with pytest.raises(SignatureError):
-            sendgrid.verify(key, *args, NOW)  # type: ignore[arg-type]
+            sendgrid.verify(key, *args, now)  # type: ignore[arg-type]
     with pytest.raises(SignatureError, match="a replay"):
-        sendgrid.verify(key, body, sig, stamp, NOW + clock.TOLERANCE + dt.timedelta(seconds=5))
+        sendgrid.verify(key, body, sig, stamp, signed + clock.TOLERANCE + dt.timedelta(seconds=5))
     with pytest.raises(ValueError):
         sendgrid.load_public_key("bm90IGEga2V5")
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
@@ -138,15 +160,16 @@ def test_letter_events_of_other_resources_are_refused() -> None:
 
 
 def test_print_api_signature_check() -> None:
+    now = dt.datetime.now(dt.UTC)  # the signing clock, not the collection time
     sender = PrintApiSender("s3cret")
     body = json.dumps(letter_event("letter.mailed", "ltr_1")).encode()
     headers = sender.headers(body)
     sig, stamp = headers[printapi.SIGNATURE_HEADER], headers[printapi.TIMESTAMP_HEADER]
 
-    printapi.verify("s3cret", body, sig, stamp, NOW)
-    printapi.verify("s3cret", body, sig.upper(), stamp, NOW)
+    printapi.verify("s3cret", body, sig, stamp, now)
+    printapi.verify("s3cret", body, sig.upper(), stamp, now)
     seconds = str(int(time.time()))
-    printapi.verify("s3cret", body, printapi.sign("s3cret", seconds, body), seconds, NOW)  # seconds too
+    printapi.verify("s3cret", body, printapi.sign("s3cret", seconds, body), seconds, now)  # seconds too
     for secret, payload, signature, timestamp in (
         ("other", body, sig, stamp),
         ("s3cret", body + b"\n", sig, stamp),
@@ -154,7 +177,7 @@ def test_print_api_signature_check() -> None:
         ("s3cret", body, sig, "yesterday"),
     ):
         with pytest.raises(SignatureError):
-            printapi.verify(secret, payload, signature, timestamp, NOW)
+            printapi.verify(secret, payload, signature, timestamp, now)
 
 
 def test_the_latest_state_is_the_furthest_one() -> None:

@@ -8,8 +8,11 @@ signature and the timestamp in ``X-Twilio-Email-Event-Webhook-Signature`` and
 (:data:`dispatch.delivery.clock.TOLERANCE`), so a captured request cannot be replayed later.
 
 A body is a JSON array of events. Each carries ``sg_event_id`` (unique per event),
-``sg_message_id`` (``<X-Message-Id>.<filter…>``: its first part is what the send stored),
-``email``, ``event``, ``timestamp`` and, for failures, ``reason``/``response``.
+``sg_message_id``, ``email``, ``event``, ``timestamp`` and, for failures,
+``reason``/``response``. ``sg_message_id`` is the X-Message-Id the send stored followed by
+SendGrid's routing suffix (``.filterdrecv-…``, ``.recvd-…``, older ``.filter0001…``): the id is
+what comes before that suffix (:func:`message_id`), which SendGrid's own Email Activity
+look-up also matches as a prefix.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -89,7 +93,7 @@ def _event(item: dict[str, Any]) -> DeliveryEvent:
     name = str(item.get("event") or "").strip().lower()
     if not name:
         raise PayloadError("sendgrid: an event without its 'event' name")
-    message_id = str(item.get("sg_message_id") or "").split(".", 1)[0] or None
+    message_id = sg_message_id(str(item.get("sg_message_id") or ""))
     return DeliveryEvent(
         provider=PROVIDER,
         provider_event_id=str(item.get("sg_event_id") or "") or _content_id(item),
@@ -101,6 +105,17 @@ def _event(item: dict[str, Any]) -> DeliveryEvent:
         reason=clip(item.get("reason") or item.get("response")),
         payload=item,
     )
+
+
+_ROUTING_SUFFIX = re.compile(r"\.(?:filter|recvd)")
+
+
+def sg_message_id(value: str) -> str | None:
+    """The X-Message-Id in an event's ``sg_message_id``: before SendGrid's routing suffix,
+    else before the first dot."""
+    value = value.strip()
+    found = _ROUTING_SUFFIX.search(value)
+    return (value[: found.start()] if found else value.split(".", 1)[0]) or None
 
 
 def _content_id(item: dict[str, Any]) -> str:

@@ -119,7 +119,7 @@ def burst(message_ids: Sequence[str], n_events: int, batch: int, keys: DemoKeys)
                 "timestamp": now + step,
                 "event": name,
                 "sg_event_id": f"bench-{i}-{secrets.token_hex(6)}",
-                "sg_message_id": f"{message}.bench-filter-0",
+                "sg_message_id": f"{message}.filterdrecv-bench-0",
                 **({"reason": "550 5.1.1 unknown user"} if name == "bounce" else {}),
             }
         )

@@ -143,7 +143,7 @@ def demo_batch(emails: Sequence[dict]) -> tuple[list[dict], DemoEvents]:
                     "timestamp": int(at.timestamp()),
                     "event": name,
                     "sg_event_id": secrets.token_urlsafe(16),
-                    "sg_message_id": f"{mail['provider_message_id']}.demo-filter-0",
+                    "sg_message_id": f"{mail['provider_message_id']}.filterdrecv-demo-0",
                     "category": ["invoice"],
                     **extra,
                 }

@@ -1,7 +1,7 @@
 """delivery events: what the providers' signed webhooks said after "sent"
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0008 (written on 0005; chained after wt/web's 0008 once that was merged in)
 Create Date: 2026-12-01
 
 * Table ``delivery_events``: one row per provider event (SendGrid Event Webhook, Twilio status
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
