@@ -71,3 +71,29 @@ def test_demo_events_about_the_outboxs_e_mails_as_in_make_demo(
         assert states == ["bounced", "delivered", "opened"]
         assert (len(story.delivered), len(story.opened), story.bounced is not None) == (2, 1, True)
         assert story.answer["matched"] == story.answer["events"] == 7  # processed, delivered (open); bounce
+
+
+def test_the_demo_command_starts_its_own_web_app_and_leaves_the_events_in_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dispatch.devtools.demo_webhooks import run_with_own_web
+
+    from tests.builders import open_world
+
+    with open_world("sqlite", tmp_path) as w:
+        w.org("acme").plan("p_mail")
+        for n in (1, 2):
+            w.customer(f"c{n}", plan="p_mail").invoice(f"i{n}", f"c{n}", issued="2026-11-30")
+        w.load_config()
+        w.run("2026-11-30T09:00Z")
+
+        story = run_with_own_web(w.settings())
+
+        assert story.answer["stored"] == 5
+        assert capsys.readouterr().out.startswith(
+            "delivery webhooks: 1 e-mails delivered, 1 opened, bounced: i"
+        )
+        assert sorted(r["state"] for r in w.rows("SELECT state FROM delivery_status")) == [
+            "bounced",
+            "opened",
+        ]

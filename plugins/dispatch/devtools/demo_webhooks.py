@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from dispatch.config.settings import load_settings
+from dispatch.config.settings import Settings, load_settings
 from dispatch.delivery import sendgrid as sendgrid_events
 from dispatch.storage.engine import make_engine
 from dispatch.storage.schema import invoice_actions
@@ -87,10 +87,11 @@ class DemoEvents:
     answer: dict = field(default_factory=dict)
 
     def line(self) -> str:
+        example = f"; e.g. /dispatch/invoices/{self.opened[0]}" if self.opened else ""
         return (
             f"delivery webhooks: {len(self.delivered)} e-mails delivered, {len(self.opened)} opened, "
             f"bounced: {self.bounced or 'none'} (stored {self.answer.get('stored', 0)}, "
-            f"matched {self.answer.get('matched', 0)})"
+            f"matched {self.answer.get('matched', 0)}){example}"
         )
 
 
@@ -195,11 +196,13 @@ def same_code_env() -> dict[str, str]:
 _URL_LINE = re.compile(r"dispatch web: (?P<base>http://\S+?)/dispatch/todo\?token=")
 
 
-def run_with_own_web() -> DemoEvents:
-    """Start ``dispatch web`` on the configured database with a fresh key, post, stop."""
-    settings = load_settings()
+def run_with_own_web(settings: Settings | None = None) -> DemoEvents:
+    """Start ``dispatch web`` on the database of ``settings`` (default: the environment's)
+    with a fresh key, post the demo's events, stop it; prints one line. What was posted stays
+    in the database: any later ``dispatch web`` on it shows it on the invoice pages."""
+    settings = settings or load_settings()
     keys = demo_keys()
-    env = {**os.environ, **same_code_env(), **keys.env()}
+    env = {**os.environ, **same_code_env(), "DISPATCH_DB_URL": settings.dispatch_db_url, **keys.env()}
     cmd = [sys.executable, "-m", "dispatch.cli", "web", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
