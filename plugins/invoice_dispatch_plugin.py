@@ -4,8 +4,9 @@ entries in Airflow's navigation (``external_views``, shown in an iframe of the A
 
 Airflow does not protect a plugin's endpoints: every page and API route resolves the
 logged-in user through Airflow's auth manager (:class:`dispatch.web.airflow_auth.AirflowAuth`)
-and answers 401 without one. Nothing is read at import: the settings (environment, as for
-``dispatch``) and the database are opened at the first request.
+and answers 401 without one. Nothing is read at import: the settings are read at the first
+request as the DAG's tasks read them — environment first, then the Airflow Connections
+``dispatch_db`` / ``accounting_db`` / providers' — so the pages see the database the runs write.
 """
 
 from __future__ import annotations
@@ -13,8 +14,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
+from dispatch.config.settings import Settings
 from dispatch.web.airflow_auth import AirflowAuth
 from dispatch.web.app import PREFIX, create_app
+
+
+def _settings() -> Settings:
+    from dispatch.runtime.airflow_tasks import task_settings
+
+    return task_settings()
+
 
 NAV = [
     ("To do › Invoicing", "todo", "dispatch-todo"),
@@ -26,7 +35,11 @@ NAV = [
 class InvoiceDispatchPlugin(AirflowPlugin):
     name = "invoice_dispatch"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": create_app(AirflowAuth()), "url_prefix": PREFIX, "name": "invoice-dispatch pages"}
+        {
+            "app": create_app(AirflowAuth(), settings=_settings),
+            "url_prefix": PREFIX,
+            "name": "invoice-dispatch pages",
+        }
     ]
     # href without a leading slash: relative to Airflow's base_url, so a reverse proxy's path holds
     external_views: ClassVar[list[dict[str, Any]]] = [

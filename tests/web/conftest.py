@@ -171,8 +171,9 @@ def browser():  # type: ignore[no-untyped-def]
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("chromium is required when CI=true (.ci/run installs it with apt)")
         pytest.skip("chromium not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
+    from playwright.sync_api import sync_playwright  # requirements-dev.txt: never skipped
+
+    with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
         yield chromium
         chromium.close()

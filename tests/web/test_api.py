@@ -158,3 +158,43 @@ def test_every_page_has_its_json_twin(client: TestClient, todo_world: World) -> 
     assert client.get("/dispatch/invoices/nope.json", headers=AUTH).json()["detail"].startswith("unknown")
     assert len(client.get("/dispatch/runs.json", headers=AUTH).json()) == 1
     assert client.get("/dispatch/todo.json").status_code == 401
+
+
+def test_the_invoice_page_shows_an_sms_text_and_a_letters_pdf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.builders import open_world
+
+    with open_world("sqlite", tmp_path) as w:
+        w.org().plan("p_sms", channel="sms", body="Invoice {{ invoice.number }} <script>x</script>")
+        w.plan("p_letter", channel="letter", body="Invoice {{ invoice.number }}")
+        w.customer("c_sms", plan="p_sms", email=None, phone="+33612345678")
+        w.customer(
+            "c_letter", plan="p_letter", email=None, address="Jean Dupont\n1 rue de la Paix\n75002 Paris"
+        )
+        w.load_config()
+        w.invoice("i_sms", "c_sms", number="S-1").invoice("i_letter", "c_letter", number="L-1", pdf=True)
+        w.run("2026-12-02T05:00Z")
+        client = TestClient(build(w.settings(), TOKEN, "claire"))
+        sms = client.get("/dispatch/invoices/i_sms", headers=AUTH)
+        assert "Invoice S-1 &lt;script&gt;x&lt;/script&gt;" in sms.text and "<script>x" not in sms.text
+        letter = client.get("/dispatch/invoices/i_letter", headers=AUTH)
+        assert "Download the letter (PDF)" in letter.text
+        pdf = client.get("/dispatch/invoices/i_letter/message.pdf", headers=AUTH)
+        assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+
+
+def test_keyset_pages_forward_backward_and_last(todo_world: World) -> None:
+    from dispatch.web.queries import invoice_page
+
+    def ids(page) -> list[str]:  # type: ignore[no-untyped-def]
+        return [r["invoice_id"] for r in page.rows]
+
+    first = invoice_page(todo_world.dispatch, size=3)
+    assert (ids(first), first.has_previous, first.has_next) == (["i1", "i2", "i3"], False, True)
+    second = invoice_page(todo_world.dispatch, size=3, after=first.last_id)
+    assert (ids(second), second.has_previous, second.has_next) == (["i4", "i5", "i6"], True, True)
+    last = invoice_page(todo_world.dispatch, size=3, last=True)
+    assert (ids(last), last.has_previous, last.has_next) == (["i5", "i6", "i7"], True, False)
+    back = invoice_page(todo_world.dispatch, size=3, before=second.first_id)
+    assert (ids(back), back.has_previous, back.has_next) == (["i1", "i2", "i3"], False, True)
+    to_send_last = invoice_page(todo_world.dispatch, size=2, status="to_send", last=True)
+    assert ids(to_send_last) == ["i5", "i6"]

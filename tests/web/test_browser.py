@@ -75,8 +75,10 @@ def test_mark_as_sent_from_the_invoice_pages_menu(page, server, world: World) ->
     expect(page.get_by_role("heading", name="Invoice F-2026-004")).to_be_visible()
     menu_item = page.get_by_role("menuitem", name="Mark as sent")
     expect(menu_item).to_be_hidden()
-    page.get_by_role("button", name="More actions").click()
-    menu_item.click()
+    page.get_by_role("button", name="More actions").focus()  # by keyboard, as a person may
+    page.keyboard.press("Enter")
+    expect(menu_item).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_have_text("1 marked as sent")
     row = world.invoice_row("i4")
     assert (row["sending_status"], row["sent_how"]) == ("sent", "marked_sent")  # type: ignore[index]
@@ -145,4 +147,20 @@ def test_runs_page_has_the_table_and_the_chart(page, server, world: World) -> No
     _open(page, server)
     page.get_by_role("link", name="Runs").click()
     expect(page.get_by_role("img", name="Invoices sent per day and channel")).to_be_visible()
+    # the one e-mail the run sent on Dec 02, in the chart's text alternative and as its bar
+    expect(page.locator("svg.chart desc")).to_have_text("Dec 02: 1")
+    expect(page.locator("svg.chart rect title")).to_have_text(["2026-12-02 email: 1"])
     expect(page.locator("tbody tr")).to_have_count(1)
+
+
+def test_mark_selected_as_sent_on_the_invoices_page(page, server, world: World) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    _open(page, server)
+    page.get_by_role("link", name="Invoices").click()
+    page.get_by_role("checkbox", name="Select F-2026-005").check()
+    page.get_by_role("checkbox", name="Select F-2026-007").check()  # already sent: "already done"
+    page.get_by_role("button", name="Mark selected as sent").click()
+    expect(page.get_by_role("status")).to_have_text("1 marked as sent, 1 already done")
+    assert world.invoice_row("i5")["sent_how"] == "marked_sent"  # type: ignore[index]
+    assert [(e["event"], e["actor"]) for e in world.events("i5")][-1] == ("marked_sent", "claire")

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from dispatch.errors import DispatchError
 from dispatch.people import operations
 from dispatch.web import queries
-from dispatch.web.deps import Context, User, now, require_csrf
+from dispatch.web.deps import Context, User, WebContext, now, require_csrf
 from dispatch.web.pages import render
 from dispatch.web.routes.todo import status_of
 
@@ -24,7 +24,7 @@ Text = Annotated[str | None, Form()]
 
 def _list(
     request: Request,
-    web,  # type: ignore[no-untyped-def]
+    web: WebContext,
     *,
     status: str | None,
     q: str | None,
@@ -92,7 +92,7 @@ def mark_selected(
 
 def _invoice(
     request: Request,
-    web,  # type: ignore[no-untyped-def]
+    web: WebContext,
     invoice_id: str,
     flash: str | None = None,
     flash_kind: str = "ok",
@@ -141,7 +141,7 @@ def mark_one(request: Request, web: Context, user: User, invoice_id: str) -> HTM
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-def _message(web, invoice_id: str) -> queries.SentMessage:  # type: ignore[no-untyped-def]
+def _message(web: WebContext, invoice_id: str) -> queries.SentMessage:
     detail = queries.invoice_detail(web.engine, invoice_id)
     action = detail["action"] if detail else None
     message = (

@@ -24,14 +24,17 @@ def runs(request: Request, web: Context, user: User, limit: int = 50) -> HTMLRes
     from dispatch.web.pages import render
 
     require_schema(web.engine)
-    last = now().date()
+    recorded = list_runs(web.engine, max(1, min(limit, 1000)))
+    # the chart ends today, or at the latest run's as-of day when runs were made ahead of it
+    latest = recorded["as_of"].max() if not recorded.empty else None
+    last = max(now().date(), latest.date()) if latest is not None else now().date()
     first = last - dt.timedelta(days=CHART_DAYS - 1)
     sends = queries.sends_per_day(web.engine, first)
     return render(
         request,
         "runs.html",
         page="runs",
-        runs=list_runs(web.engine, max(1, min(limit, 1000))).to_dict("records"),
+        runs=recorded.to_dict("records"),
         chart=Markup(sends_chart(sends, first, last)),  # built from numbers and escaped text only
         days=CHART_DAYS,
     )

@@ -12,7 +12,7 @@ from dispatch.errors import DispatchError, RefusedError, UnknownIdError
 from dispatch.people import operations
 from dispatch.people.listing import reason_in_words
 from dispatch.storage.schema import CHANNELS, MANUAL_REASONS, organizations, users
-from dispatch.web.deps import Context, User, now, require_csrf
+from dispatch.web.deps import Context, User, WebContext, now, require_csrf
 from dispatch.web.pages import render
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -22,7 +22,15 @@ def _blank(value: str | None) -> str | None:
     return value or None
 
 
-def todo_rows(web, user: str, owner, reason, channel, org) -> list[dict]:  # type: ignore[no-untyped-def]
+def todo_rows(
+    web: WebContext,
+    user: str,
+    owner: str | None,
+    reason: str | None,
+    channel: str | None,
+    org: str | None,
+) -> list[dict]:
+    """The to-do rows for ``user`` (their own first), each with its reason in words."""
     df = operations.todo_list(web.engine, owner, reason=reason, channel=channel, org=org, first=user)
     rows = df.astype(object).where(df.notna(), None).to_dict("records")  # NaN: nothing to show
     for row in rows:
@@ -32,7 +40,7 @@ def todo_rows(web, user: str, owner, reason, channel, org) -> list[dict]:  # typ
     return rows
 
 
-def _choices(web) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+def _choices(web: WebContext) -> dict[str, list[str]]:
     from sqlalchemy import select
 
     with web.engine.connect() as conn:
@@ -43,7 +51,7 @@ def _choices(web) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
 
 def page(
     request: Request,
-    web,  # type: ignore[no-untyped-def]
+    web: WebContext,
     user: str,
     filters: dict[str, str | None],
     flash: str | None = None,
@@ -143,7 +151,7 @@ def send(
     return page(request, web, user, filters, sent_words(action_id, result), "error", 409)
 
 
-def send_now(web, action_id: str, user: str) -> dict:  # type: ignore[no-untyped-def]
+def send_now(web: WebContext, action_id: str, user: str) -> dict:
     from dispatch.channels.factory import build_channels
 
     return operations.send_action_now(
