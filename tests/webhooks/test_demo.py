@@ -39,10 +39,18 @@ def test_demo_events_show_on_the_invoice_pages(
             opened_page = _text(client.get(f"/dispatch/invoices/{opened}").text)
             bounced_page = _text(client.get(f"/dispatch/invoices/{bounced}").text)
             todo = _text(client.get("/dispatch/todo").text)
+            twin = client.get(f"/dispatch/invoices/{opened}.json").json()
         email = {"e1": "c1@customers.example", "e2": "c2@customers.example"}
         assert re.search(rf"{email[opened]}: opened \d{{4}}-\d\d-\d\d \d\d:\d\d UTC", opened_page)
         assert re.search(rf"{email[bounced]}: bounced .* sendgrid bounce · 550 5\.1\.1", bounced_page)
         assert "550 5.1.1 The email account that you tried to reach does not exist" in todo
+        [delivery] = twin["deliveries"]  # the page's JSON twin says the same
+        assert (delivery["recipient"], delivery["state"], delivery["event"]) == (
+            email[opened],
+            "opened",
+            "open",
+        )
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", delivery["at"])
         assert sw.w.action(bounced)["manual_reason"] == "bounced"
         states = {
             r["invoice_id"]: r["state"] for r in sw.w.rows("SELECT invoice_id, state FROM delivery_status")
