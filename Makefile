@@ -32,7 +32,7 @@ demo: install
 	$(PY) -m dispatch.devtools.airflow_demo
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow and not postgres"
@@ -40,6 +40,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check plugins dags tests
 	$(VENV)/bin/ruff format --check plugins dags tests
+	$(VENV)/bin/mypy
 
 # Every performance target side by side (docs/benchmark.md): make bench N=1000000 BACKEND=postgres
 BACKEND ?= postgres
@@ -58,4 +59,4 @@ constraints:
 	$(PIP) freeze --exclude-editable | grep -v '^invoice-dispatch' > constraints.txt
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache

@@ -11,7 +11,7 @@ request as the DAG's tasks read them — environment first, then the Airflow Con
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 from dispatch.config.settings import Settings
@@ -34,7 +34,8 @@ NAV = [
 
 class InvoiceDispatchPlugin(AirflowPlugin):
     name = "invoice_dispatch"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+    # AirflowPlugin declares these as plain class lists; overriding them as ClassVar clashes.
+    fastapi_apps: list[Any] = [  # noqa: RUF012
         {
             "app": create_app(AirflowAuth(), settings=_settings),
             "url_prefix": PREFIX,
@@ -42,7 +43,7 @@ class InvoiceDispatchPlugin(AirflowPlugin):
         }
     ]
     # href without a leading slash: relative to Airflow's base_url, so a reverse proxy's path holds
-    external_views: ClassVar[list[dict[str, Any]]] = [
+    external_views: list[Any] = [  # noqa: RUF012
         {
             "name": name,
             "href": f"{PREFIX.lstrip('/')}/{page}",

@@ -9,7 +9,7 @@ pinned here, through the SDK the project uses (sendgrid, twilio) or plain HTTP (
 from __future__ import annotations
 
 import base64
-import os
+import json
 import smtplib
 import threading
 import time
@@ -26,6 +26,7 @@ import pytest
 import requests
 import sendgrid
 from fpdf import FPDF
+from jsonschema import Draft202012Validator
 from python_http_client import exceptions as sg_errors
 from sendgrid.helpers.mail import Attachment, Disposition, FileContent, FileName, FileType, Mail
 from twilio.base import values
@@ -33,8 +34,17 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
+from tests.fakes.conformance import disagreements
 from tests.fakes.lob_server import FakeLob
-from tests.fakes.openapi import KEPT_APIS_DIR, PROVIDER_APIS_ENV, decode_form, load_document
+from tests.fakes.openapi import (
+    PROVIDER_APIS_ENV,
+    SCHEMAS_DIR,
+    _SchemaWalker,
+    coerce_strings,
+    decode_form,
+    load_document,
+    published_apis_dir,
+)
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSMTP
 from tests.fakes.twilio_server import FakeTwilio
@@ -147,59 +157,90 @@ def test_form_keys_nest_and_repeat_like_twilio_and_lob_encode_them() -> None:
 
 
 def test_form_strings_take_the_type_the_twilio_schema_declares() -> None:
-    operation = load_document("twilio-messages-v2010.openapi.json").operation("CreateMessage")
+    operation = load_document("twilio-messages.json").operation("CreateMessage")
     body = operation.decode_form_body(
         "application/x-www-form-urlencoded",
-        [
-            ("To", "+33612345678"),
-            ("ProvideFeedback", "true"),
-            ("ValidityPeriod", "600"),
-            ("MediaUrl", "https://x.example/a.png"),
-        ],
+        [("To", "+33612345678"), ("ValidityPeriod", "600"), ("Body", "600")],
     )
-    assert body == {
-        "To": "+33612345678",
-        "ProvideFeedback": True,
-        "ValidityPeriod": 600,
-        "MediaUrl": ["https://x.example/a.png"],
+    assert body == {"To": "+33612345678", "ValidityPeriod": 600, "Body": "600"}
+
+
+def test_form_strings_become_booleans_and_one_item_arrays_where_the_schema_says_so() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "color": {"type": "boolean"},
+            "cards": {"type": "array", "items": {"type": "integer"}},
+        },
     }
+    decoded = coerce_strings({"color": "false", "cards": "3"}, [schema], _SchemaWalker(schema))
+    assert decoded == {"color": False, "cards": [3]}
 
 
-def test_openapi_30_nullable_is_honoured_and_31_documents_are_left_alone() -> None:
-    lob = load_document("lob-letters.openapi.json").operation("letter_create")
+def test_a_field_our_schema_does_not_name_is_refused_by_its_name() -> None:
+    lob = load_document("lob-letters.json").operation("letter_create")
     letter = {
         "to": "adr_a1",
         "from": "adr_b2",
-        "file": "tmpl_c3",
+        "file": "upload.pdf",
         "color": False,
-        "use_type": None,  # `ltr_use_type` is `nullable: true` in Lob's 3.0 document
+        "use_type": "operational",
     }
-    assert lob.check_body("application/json", letter) == []
-    mail = load_document("sendgrid-mail-v3.openapi.json").operation("SendMail")
+    assert lob.check_body("multipart/form-data", letter) == []
+    problems = lob.check_body("multipart/form-data", {**letter, "cards": ["card_1"]})
+    assert [(p.field, p.keyword) for p in problems] == [("cards", "additionalProperties")]
+    mail = load_document("sendgrid-mail-send.json").operation("SendMail")
     problems = mail.check_body("application/json", valid_mail_body(subject=None))
     assert [(p.field, p.keyword) for p in problems] == [("subject", "type")]
 
 
-def test_documents_are_found_through_the_environment_override(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(PROVIDER_APIS_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=PROVIDER_APIS_ENV):
-        FakeSendGrid()
+@pytest.mark.parametrize("name", sorted(p.name for p in SCHEMAS_DIR.glob("*.json")))
+def test_our_request_schemas_are_valid_json_schema_and_serve_operations(name: str) -> None:
+    document = load_document(name)
+    for schema in document.raw["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    operations = [spec["operationId"] for item in document.raw["paths"].values() for spec in item.values()]
+    assert operations and all(document.operation(op).operation_id == op for op in operations)
 
 
-def test_the_kept_documents_are_the_providers_published_ones() -> None:
-    """Where the team's copy of the providers' documents sits beside the repository (or
-    DISPATCH_PUBLISHED_APIS names one), the copy kept in tests/fakes/apis must not drift from it."""
-    published = Path(
-        os.environ.get("DISPATCH_PUBLISHED_APIS", KEPT_APIS_DIR.parents[2].parent / "shared" / "apis")
-    )
+def published_documents() -> Path:
+    published = published_apis_dir()
     if not published.is_dir():
-        pytest.skip(f"no published copy of the providers' documents at {published}")
-    kept = sorted(p.name for p in KEPT_APIS_DIR.glob("*.json"))
-    assert kept == sorted(p.name for p in published.glob("*.json"))
-    for name in kept:
-        assert (KEPT_APIS_DIR / name).read_bytes() == (published / name).read_bytes(), name
+        pytest.skip(f"the providers' published documents are not at {published} (set {PROVIDER_APIS_ENV})")
+    return published
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SCHEMAS_DIR.glob("*.json")))
+def test_our_request_schemas_agree_with_the_providers_published_documents(name: str) -> None:
+    """Each operation, parameter and property our schemas name exists in the provider's own
+    document at the same place, with a type and values it allows (tests/fakes/conformance.py)."""
+    published = published_documents()
+    ours = load_document(name)
+    their_name = ours.raw["x-published-document"]
+    if their_name is None:
+        pytest.skip(f"{name}: {ours.raw['info']['description']}")
+    assert disagreements(ours, load_document(their_name, published)) == []
+
+
+def test_the_comparison_names_a_property_and_a_value_the_provider_does_not_know(tmp_path: Path) -> None:
+    published = published_documents()
+    changed = json.loads((SCHEMAS_DIR / "twilio-messages.json").read_text(encoding="utf-8"))
+    fields = changed["components"]["schemas"]["CreateMessage"]["properties"]
+    fields["Colour"] = {"type": "string"}
+    fields["ScheduleType"]["enum"] = ["fixed", "whenever"]
+    fields["ValidityPeriod"]["type"] = "boolean"
+    (tmp_path / "twilio-messages.json").write_text(json.dumps(changed), encoding="utf-8")
+
+    found = disagreements(
+        load_document("twilio-messages.json", tmp_path),
+        load_document(changed["x-published-document"], published),
+    )
+    body = "POST /2010-04-01/Accounts/{AccountSid}/Messages.json body (application/x-www-form-urlencoded)"
+    assert found == [
+        f"{body}.Colour: no such property in theirs",
+        f"{body}.ScheduleType: values ['whenever'] are not theirs",
+        f"{body}.ValidityPeriod: we say ['boolean'], they say ['integer']",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +306,7 @@ def test_sendgrid_mail_without_from_is_refused_and_listed_as_invalid(
         ),
         ({"send_at": int((AS_OF + timedelta(hours=73)).timestamp())}, "send_at"),
         ({"attachments": [{"content": "%%% not base64", "filename": "F.pdf"}]}, "attachments.0.content"),
-        ({"custom_args": {"action_id": "a1"}}, "custom_args"),  # the document types it "string"
+        ({"custom_args": {"action_id": "a1"}}, "custom_args"),  # they go in the personalization
     ],
 )
 def test_sendgrid_refuses_what_its_document_and_rules_refuse(
@@ -413,7 +454,7 @@ def test_sendgrid_suppression_lists_filter_by_time_and_paginate(
             "reason": "Mail domain mentioned in email address is unknown",
         }
     ]
-    document = load_document("sendgrid-suppressions-v3.openapi.json")
+    document = load_document("sendgrid-suppressions.json")
     assert document.operation("ListSuppressionBlock").check_response(200, blocks.to_dict) == []
     assert sendgrid_server.invalid == []
 
@@ -522,7 +563,7 @@ def test_twilio_sdk_message_is_created_queued(twilio_server: FakeTwilio) -> None
     [request] = twilio_server.requests
     assert request.path == f"/2010-04-01/Accounts/{twilio_server.account_sid}/Messages.json"
     assert request.header("content-type") == "application/x-www-form-urlencoded"
-    operation = load_document("twilio-messages-v2010.openapi.json").operation("CreateMessage")
+    operation = load_document("twilio-messages.json").operation("CreateMessage")
     assert operation.check_response(201, accepted.resource) == []
     assert twilio_server.invalid == []
 
@@ -735,7 +776,7 @@ def test_lob_multipart_letter_is_created_as_the_document_says(
     assert created.file is not None and created.file.content == invoice_pdf
     assert created.params["color"] is False
     assert created.idempotency_key == "inv_0001-letter"
-    operation = load_document("lob-letters.openapi.json").operation("letter_create")
+    operation = load_document("lob-letters.json").operation("letter_create")
     assert operation.check_response(200, letter) == []
     assert lob_server.invalid == []
     assert lob_server.env()["PRINTAPI_URL"] == f"{lob_server.url}/v1"

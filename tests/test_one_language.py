@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dispatch.rendering.engine import TemplateSpec, build_context, render_message
+from dispatch.rendering.context import build_context
+from dispatch.rendering.engine import TemplateSpec, render_message
 from dispatch.sending.messages import wording_locale
 from pypdf import PdfReader
 

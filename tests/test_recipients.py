@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from dispatch.rules.recipients import INVALID_CONTACT, NO_CONTACT, check_email, pick_recipients
+from dispatch.rules.recipients import check_email, pick_recipients
+from dispatch.vocabulary import ManualReason
 
 CONTACT_COLUMNS = ["contact_id", "customer_id", "name", "email", "phone", "postal_address", "is_billing"]
 
@@ -115,7 +116,7 @@ def test_sms_goes_to_first_billing_contact_by_contact_id():
 
 def test_no_contact_with_the_field_is_no_contact():
     row = pick("email", [contact("k1", phone="+33611111111", address=ADDRESS)])
-    assert row["problem"] == NO_CONTACT
+    assert row["problem"] == ManualReason.NO_CONTACT
     assert row["recipient"] is None
     assert row["recipients"] == ()
     assert row["contact_name"] is None
@@ -124,7 +125,7 @@ def test_no_contact_with_the_field_is_no_contact():
 
 def test_customer_without_any_contact_is_no_contact():
     row = pick("letter", [contact("k1", customer_id="other", address=ADDRESS)])
-    assert row["problem"] == NO_CONTACT
+    assert row["problem"] == ManualReason.NO_CONTACT
     assert row["recipients"] == ()
 
 
@@ -138,13 +139,13 @@ def test_blank_strings_count_as_missing():
         ],
     )
     assert row["recipients"] == ("fallback@client.example",)
-    assert pick("sms", [contact("k1", phone=" \t")])["problem"] == NO_CONTACT
-    assert pick("letter", [contact("k1", address="\n  \n")])["problem"] == NO_CONTACT
+    assert pick("sms", [contact("k1", phone=" \t")])["problem"] == ManualReason.NO_CONTACT
+    assert pick("letter", [contact("k1", address="\n  \n")])["problem"] == ManualReason.NO_CONTACT
 
 
 def test_invalid_email_syntax_is_invalid_contact_naming_the_value():
     row = pick("email", [contact("k1", email="jean.dupont@"), contact("k2", email="no-at-sign.example")])
-    assert row["problem"] == INVALID_CONTACT
+    assert row["problem"] == ManualReason.INVALID_CONTACT
     assert row["recipients"] == ()
     assert row["recipient"] is None
     assert "'jean.dupont@'" in row["problem_detail"] and "k1" in row["problem_detail"]
@@ -155,7 +156,7 @@ def test_invalid_billing_email_does_not_fall_back_to_non_billing():
     row = pick(
         "email", [contact("k1", email="broken@@x"), contact("k2", email="ok@client.example", billing=False)]
     )
-    assert row["problem"] == INVALID_CONTACT
+    assert row["problem"] == ManualReason.INVALID_CONTACT
 
 
 def test_some_invalid_emails_are_dropped_and_noted_but_the_message_goes():
@@ -167,12 +168,15 @@ def test_some_invalid_emails_are_dropped_and_noted_but_the_message_goes():
 
 def test_unparseable_phone_is_invalid_contact():
     row = pick("sms", [contact("k1", phone="call me maybe")], regions={"acme": "FR"})
-    assert row["problem"] == INVALID_CONTACT
+    assert row["problem"] == ManualReason.INVALID_CONTACT
     assert "'call me maybe'" in row["problem_detail"]
 
 
 def test_too_short_phone_is_invalid_contact():
-    assert pick("sms", [contact("k1", phone="12")], regions={"acme": "FR"})["problem"] == INVALID_CONTACT
+    assert (
+        pick("sms", [contact("k1", phone="12")], regions={"acme": "FR"})["problem"]
+        == ManualReason.INVALID_CONTACT
+    )
 
 
 def test_sms_skips_an_invalid_first_contact_and_notes_it():
@@ -191,14 +195,14 @@ def test_phone_without_plus_is_read_with_the_orgs_region_to_e164():
 
 def test_phone_without_plus_and_without_org_region_is_invalid():
     row = pick("sms", [contact("k1", phone="06 12 34 56 78")], regions={"acme": None})
-    assert row["problem"] == INVALID_CONTACT
+    assert row["problem"] == ManualReason.INVALID_CONTACT
     assert "country" in row["problem_detail"]
     assert pick("sms", [contact("k1", phone="+44 20 7946 0958")])["recipient"] == "+442079460958"
 
 
 def test_one_line_postal_address_is_invalid_contact():
     row = pick("letter", [contact("k1", address="12 rue de la Paix 75002 Paris")])
-    assert row["problem"] == INVALID_CONTACT
+    assert row["problem"] == ManualReason.INVALID_CONTACT
     assert "two" in row["problem_detail"]
 
 
@@ -223,7 +227,7 @@ def test_many_actions_of_many_customers_in_one_call_keep_the_actions_index():
     assert list(result.index) == [10, 20, 30, 40]
     assert list(result["action_id"]) == ["a1", "a2", "a3", "a4"]
     assert list(result["recipient"]) == ["two@client.example", "+33611111111", "one@client.example", None]
-    assert list(result["problem"]) == [None, None, None, NO_CONTACT]
+    assert list(result["problem"]) == [None, None, None, ManualReason.NO_CONTACT]
 
 
 def test_each_distinct_address_is_validated_once():
@@ -252,4 +256,4 @@ def test_unknown_channel_is_refused():
 def test_example_customer_without_email_contact_is_no_contact():
     """SPEC worked example: an automatic e-mail for a customer with no e-mail contact becomes manual."""
     row = pick("email", [contact("k1", phone="+33611111111", address=ADDRESS), contact("k2", billing=False)])
-    assert row["problem"] == NO_CONTACT
+    assert row["problem"] == ManualReason.NO_CONTACT

@@ -11,17 +11,12 @@ from typing import Any
 
 import pytest
 from babel.numbers import format_currency
-from dispatch.rendering.engine import (
-    Rendered,
-    TemplateError,
-    TemplateSpec,
-    build_context,
-    check_template_file,
-    check_template_source,
-    html_to_text,
-    render_message,
-    resolve_locale,
-)
+from dispatch.rendering.checks import check_template_file, check_template_source
+from dispatch.rendering.context import build_context
+from dispatch.rendering.engine import Rendered, TemplateSpec, render_message
+from dispatch.rendering.errors import TemplateError
+from dispatch.rendering.filters import resolve_locale
+from dispatch.rendering.html_text import html_to_text
 
 NBSP = "\u00a0"  # Babel: between a French amount and its currency sign
 NNBSP = "\u202f"  # Babel: French thousands separator (narrow no-break space)
@@ -41,28 +36,28 @@ def make_context(
     owner: dict[str, Any] | None = None,
     no_owner: bool = False,
 ) -> dict[str, Any]:
-    """Rows shaped like the contract's tables (``invoice_id``, ``accounting_status``…)."""
+    """Rows in the shapes of dispatch.rendering.context (``InvoiceRow``…)."""
     invoice_row = {
-        "invoice_id": "inv_1",
+        "id": "inv_1",
         "number": "F-2026-001",
         "issue_date": dt.date(2026, 12, 2),
         "due_date": dt.date(2026, 12, 31),
         "currency": "EUR",
         "total_amount": Decimal("1234.50"),
-        "accounting_status": "open",
+        "status": "open",
         "pdf_path": "var/pdf/F-2026-001.pdf",
         **(invoice or {}),
     }
-    customer_row = {"customer_id": "c_1", "name": "ACME Ltd", "language": "en", **(customer or {})}
+    customer_row = {"id": "c_1", "name": "ACME Ltd", "language": "en", **(customer or {})}
     owner_row = (
         None
         if no_owner
-        else {"user_id": "u_alice", "name": "Alice Martin", "email": "alice@acme.example", **(owner or {})}
+        else {"id": "u_alice", "name": "Alice Martin", "email": "alice@acme.example", **(owner or {})}
     )
     return build_context(
         customer=customer_row,
         invoice=invoice_row,
-        organization={"org_id": "acme", "name": "ACME SAS"},
+        organization={"id": "acme", "name": "ACME SAS"},
         owner=owner_row,
         today=dt.date(2026, 12, 2),
     )
@@ -164,7 +159,7 @@ def test_inline_template_formats_in_the_customer_locale_even_without_default_wor
 
 
 def test_paid_invoice_copy_says_nothing_is_due() -> None:
-    context = make_context(invoice={"accounting_status": "paid"})
+    context = make_context(invoice={"status": "paid"})
     text = render_message(email(), context, "en").text
     assert "This invoice has already been paid: no action is required on your part." in text
     assert "settle it by" not in text
@@ -635,19 +630,19 @@ def test_example_file_template_switches_language() -> None:
 
 def test_build_context_normalizes_rows() -> None:
     context = build_context(
-        customer={"customer_id": "c_9", "name": "Zed", "language": None},
+        customer={"id": "c_9", "name": "Zed", "language": None},
         invoice={
-            "invoice_id": "i_9",
+            "id": "i_9",
             "number": 42,
             "issue_date": "2026-12-02",
             "due_date": float("nan"),  # pandas' missing value
             "currency": "eur",
             "total_amount": 1234.5,
-            "accounting_status": "paid",
+            "status": "paid",
             "pdf_path": None,
             "internal_note": "never exposed",
         },
-        organization={"org_id": "acme", "name": "ACME SAS", "mail_from": "x@y"},
+        organization={"id": "acme", "name": "ACME SAS", "mail_from": "x@y"},
         owner=None,
         today=dt.datetime(2026, 12, 2, 9, 30),
     )

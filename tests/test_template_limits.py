@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 from dispatch.rendering import limits as template_limits
-from dispatch.rendering.engine import (
-    TemplateError,
-    TemplateSpec,
-    build_context,
-    check_template_source,
-    render_message,
-)
+from dispatch.rendering.checks import check_template_source
+from dispatch.rendering.context import build_context
+from dispatch.rendering.engine import TemplateSpec, render_message
+from dispatch.rendering.errors import TemplateError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -14,12 +14,19 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 import pandas as pd
 
 from dispatch.errors import DispatchError
+
+if TYPE_CHECKING:  # the commands import the library when they run, for a quick --help
+    from sqlalchemy import Engine
+
+    from dispatch.config.settings import Settings
+    from dispatch.runtime.pipeline import RunReport
+    from dispatch.storage.session import Database
 
 log = logging.getLogger("dispatch")
 
@@ -29,7 +36,7 @@ class Fail(click.ClickException):
 
     exit_code = 2
 
-    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"dispatch: {self.format_message()}", err=True)
 
 
@@ -38,7 +45,7 @@ class Unexpected(click.ClickException):
 
     exit_code = 1
 
-    def show(self, file=None) -> None:  # type: ignore[no-untyped-def]
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"dispatch: {self.format_message()}", err=True)
 
 
@@ -124,7 +131,7 @@ def parse_day(value: str, option: str) -> dt.date:
     return day
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from dispatch.config.settings import load_settings
 
     return load_settings()
@@ -260,7 +267,7 @@ def config_dump(output: Path | None) -> None:
     click.echo(f"configuration written to {output}")
 
 
-def _accounting_if_present(url: str):  # type: ignore[no-untyped-def]
+def _accounting_if_present(url: str) -> Engine | None:
     """The accounting engine when it can be reached (to check assignments across orgs)."""
     from sqlalchemy import inspect
 
@@ -310,7 +317,7 @@ def run(at: str | None, as_json: bool) -> None:
     click.echo(format_report(report))
 
 
-def format_report(report) -> str:  # type: ignore[no-untyped-def]
+def format_report(report: RunReport) -> str:
     run_c = report.counts.get("run", {})
     totals = report.counts.get("totals", {})
     lines = [
@@ -422,7 +429,7 @@ BY_OPTION = click.option(
 )
 
 
-def _db_and_settings():  # type: ignore[no-untyped-def]
+def _db_and_settings() -> tuple[Database, Settings]:
     from dispatch.runtime.pipeline import ensure_schema
     from dispatch.storage.engine import make_engine
     from dispatch.storage.session import Database

@@ -14,7 +14,6 @@ import pytest
 from dispatch.channels.base import ChannelError, OutgoingMessage, SendResult, TransientError
 from dispatch.config.settings import load_settings
 from dispatch.errors import DispatchError
-from dispatch.rules.scheduling import next_run_horizon
 from dispatch.runtime import airflow_tasks as steps
 from dispatch.runtime.runs import RunContext
 
@@ -24,33 +23,6 @@ UTC = dt.UTC
 
 
 # --- as of when, until when ---------------------------------------------------------------------
-
-
-def test_horizon_of_a_scheduled_run_is_the_next_weekday_run() -> None:
-    monday = dt.datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
-    friday = dt.datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
-    assert steps.schedule_horizon(monday, steps.DEFAULT_CRON, "UTC") == monday + dt.timedelta(days=1)
-    assert steps.schedule_horizon(friday, steps.DEFAULT_CRON, "UTC") == friday + dt.timedelta(days=3)
-    # on the default schedule the DAG covers exactly what `dispatch run --at` covers
-    for day in range(14):
-        as_of = monday + dt.timedelta(days=day)
-        if as_of.weekday() < 5:
-            assert steps.schedule_horizon(as_of, steps.DEFAULT_CRON, "UTC") == next_run_horizon(as_of)
-
-
-def test_horizon_of_a_manual_run_ends_at_the_next_scheduled_run() -> None:
-    monday_afternoon = dt.datetime(2026, 11, 23, 14, 37, tzinfo=UTC)
-    assert steps.schedule_horizon(monday_afternoon, steps.DEFAULT_CRON, "UTC") == dt.datetime(
-        2026, 11, 24, 5, 0, tzinfo=UTC
-    )
-
-
-def test_horizon_reads_the_cron_in_its_time_zone_across_a_dst_change() -> None:
-    # Friday 06:30 in Paris (CET, UTC+1); the next run is Monday 06:30 CEST (UTC+2).
-    friday = dt.datetime(2026, 3, 27, 5, 30, tzinfo=UTC)
-    assert steps.schedule_horizon(friday, "30 6 * * 1-5", "Europe/Paris") == dt.datetime(
-        2026, 3, 30, 4, 30, tzinfo=UTC
-    )
 
 
 def test_as_of_is_the_logical_date_or_run_after_when_there_is_none() -> None:

@@ -3,12 +3,12 @@
 Why: exactly-once sending (SPEC B1/B3) is decided by what happens at the provider's door — a 429
 with ``Retry-After``, a 5xx, an answer that never comes although the provider got the request.
 These servers reproduce those cases on 127.0.0.1, on demand and in order, and refuse every request
-the provider's published OpenAPI document would refuse (see ``tests/fakes/openapi.py``), so the
-code under test meets the provider's rules, not a mock's.
+the project's request schemas for that provider refuse (``tests/fakes/schemas``, read by
+``tests/fakes/openapi.py``), so the code under test meets the provider's rules, not a mock's.
 
 This module holds what the three HTTP fakes share: the threaded server, the request log, the fault
 queue and the lifecycle. Each provider module (``sendgrid_server``, ``twilio_server``,
-``lob_server``) adds its documents, authentication, error shapes and operations.
+``lob_server``) adds its request schemas, authentication, error shapes and operations.
 
 Use (each fake is a context manager and works as a pytest fixture)::
 
@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -247,11 +247,10 @@ class FakeHTTPProvider:
         *,
         latency: float = 0.0,
         clock: Callable[[], datetime] | None = None,
-        apis_dir: Path | None = None,
     ) -> None:
         self.latency = latency  # seconds added before every answer (throughput benchmarks)
         self.clock: Callable[[], datetime] = clock or utc_now
-        self.docs: list[OpenApiDocument] = [load_document(name, apis_dir) for name in self.documents]
+        self.docs: list[OpenApiDocument] = [load_document(name) for name in self.documents]
         self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
@@ -310,7 +309,7 @@ class FakeHTTPProvider:
 
     @property
     def api_base(self) -> str:
-        """The origin plus the document's server path (Lob: ``…/v1``), i.e. the API base URL."""
+        """The origin plus the schema's server path (Lob: ``…/v1``), i.e. the API base URL."""
         base = self.docs[0].base_path if self.docs else ""
         return self.url + base
 
@@ -323,7 +322,7 @@ class FakeHTTPProvider:
 
     @property
     def invalid(self) -> list[RecordedRequest]:
-        """The requests the provider refused as invalid (its document or its rules)."""
+        """The requests the provider refused as invalid (our request schema or its rules)."""
         return [r for r in self.requests if r.problems]
 
     def clear(self) -> None:
@@ -536,9 +535,9 @@ class FakeHTTPProvider:
 def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, Any]], dict[str, UploadedFile]]:
     """Fields and files of a multipart/form-data body; a file field's value is ``upload.<ext>``.
 
-    Lob's document describes an uploaded file as a local file name (``….pdf``/``….html``) whose
-    pattern allows no ``-``: the name's extension is kept, so the kind of file is checked, and the
-    rest replaced, so a real name like ``F-2026-0001.pdf`` is not refused for its characters.
+    Lob takes an uploaded file by its kind (``….pdf``/``….html``): the name's extension is kept,
+    so our schema checks the kind of file, and the rest replaced, so a real name like
+    ``F-2026-0001.pdf`` is neither refused for its characters nor needed by any check.
     """
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)

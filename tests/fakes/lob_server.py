@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tests.fakes import (
@@ -31,9 +30,9 @@ from tests.fakes import (
 )
 from tests.fakes.openapi import Operation
 
-LETTERS_DOCUMENT = "lob-letters.openapi.json"
+LETTERS_DOCUMENT = "lob-letters.json"
 
-# Lob's error codes (the `code` enum of the document's `error` schema) for each status.
+# Lob's error codes (the `code` values of its error object) for each status.
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -96,8 +95,8 @@ class FakeLob(FakeHTTPProvider):
         "letter_retrieve": "_retrieve_letter",
     }
 
-    def __init__(self, api_key: str = "test_fake_lob_key", *, apis_dir: Path | None = None, **options: Any):
-        super().__init__(apis_dir=apis_dir, **options)
+    def __init__(self, api_key: str = "test_fake_lob_key", **options: Any):
+        super().__init__(**options)
         self.api_key = api_key
         self._letters: list[CreatedLetter] = []
         self._by_key: dict[str, CreatedLetter] = {}

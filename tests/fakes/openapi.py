@@ -1,14 +1,18 @@
-"""The providers' published OpenAPI documents, as the fake servers use them to refuse bad requests.
+"""The request schemas the fake servers use to refuse bad requests, and a reader of OpenAPI documents.
 
 Why this exists: a fake that accepts whatever the client sends proves nothing. Each fake looks
-the request up in the provider's own document (the copy kept in ``tests/fakes/apis``, or the
-folder ``DISPATCH_PROVIDER_APIS`` names) and checks parameters and body with ``jsonschema``
-(Draft 2020-12), so a request the real provider would refuse fails the test too.
+the request up in the schemas this project writes for the provider APIs it calls
+(``tests/fakes/schemas/*.json``: small OpenAPI 3.1 documents whose schemas are JSON Schema
+2020-12, naming only the operations and fields the project uses, closed with
+``additionalProperties: false``) and checks parameters and body with ``jsonschema``, so a request
+carrying a field nobody checked, or a value the provider refuses, fails the test.
 
-Three things the documents need before a 2020-12 validator can use them:
+Those schemas are ours; whether they agree with the providers is checked against the providers'
+published documents where they are available (``published_apis_dir``; ``tests/test_fakes.py``),
+which is why this module also reads OpenAPI 3.0 documents:
 
-- Twilio's and Lob's documents are OpenAPI **3.0** (SendGrid's are 3.1): their ``nullable: true``
-  is not a JSON Schema keyword, so it is rewritten into ``type: [..., "null"]`` for 3.0 documents.
+- Twilio's and Lob's published documents are OpenAPI **3.0**: their ``nullable: true`` is not a
+  JSON Schema keyword, so it is rewritten into ``type: [..., "null"]`` for 3.0 documents.
 - Twilio marks some formats ``x-twilio: {ignoreFormat: true}``; such a ``format`` is dropped.
 - Form-encoded (Twilio) and multipart (Lob) bodies arrive as strings: they are decoded into
   dicts (``to[name]`` bracket keys nest, repeated keys make lists) and each string is turned into
@@ -32,19 +36,22 @@ from urllib.parse import urlparse
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, relevance
 
-#: another folder of the providers' documents (the default is the copy kept in tests/fakes/apis)
+#: the request schemas this project writes for the provider APIs it calls
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
+#: names a folder of the providers' published OpenAPI documents (default: ``../shared/apis``)
 PROVIDER_APIS_ENV = "DISPATCH_PROVIDER_APIS"
-#: the kept copy, in the repository
-KEPT_APIS_DIR = Path(__file__).resolve().parent / "apis"
 
 JSON = Any  # a decoded JSON value
 
 
-def shared_apis_dir() -> Path:
-    """Where the providers' documents are: the copy kept beside this module (``apis/``), unless
-    ``$DISPATCH_PROVIDER_APIS`` names another folder."""
+def published_apis_dir() -> Path:
+    """Where the providers' published documents may be: ``$DISPATCH_PROVIDER_APIS``, else the
+    team's folder ``shared/apis`` beside the repository. Nothing needs them but the test that
+    compares our schemas with them."""
     override = os.environ.get(PROVIDER_APIS_ENV)
-    return Path(override) if override else KEPT_APIS_DIR
+    if override:
+        return Path(override)
+    return SCHEMAS_DIR.parents[3] / "shared" / "apis"
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +167,9 @@ def _problem_from_error(error: ValidationError, location: str, prefix: str | Non
     deepest = _closest_branch(error)
     parts = [prefix] if prefix else []
     parts += list(deepest.absolute_path)
+    if deepest.validator == "additionalProperties" and isinstance(deepest.instance, Mapping):
+        allowed = deepest.schema.get("properties", {}) if isinstance(deepest.schema, Mapping) else {}
+        parts += sorted(name for name in deepest.instance if name not in allowed)[:1]
     if deepest.validator == "required" and isinstance(deepest.instance, Mapping):
         missing = [
             name
@@ -534,13 +544,9 @@ def _load(path: str) -> OpenApiDocument:
     return OpenApiDocument(Path(path))
 
 
-def load_document(filename: str, apis_dir: Path | None = None) -> OpenApiDocument:
-    """Load (once) a document of the providers' ``apis`` directory by file name."""
-    directory = apis_dir or shared_apis_dir()
+def load_document(filename: str, directory: Path = SCHEMAS_DIR) -> OpenApiDocument:
+    """Load (once) one of our request schemas by file name (or a document of ``directory``)."""
     path = directory / filename
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the providers' OpenAPI documents are kept in tests/fakes/apis; "
-            f"{PROVIDER_APIS_ENV} names another folder of them"
-        )
+        raise FileNotFoundError(f"{path} not found")
     return _load(str(path.resolve()))

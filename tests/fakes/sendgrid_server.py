@@ -2,8 +2,9 @@
 
 Why: the e-mail channel must count a message as sent only on SendGrid's 202 with its
 ``X-Message-Id`` (SPEC B3), and learn bounces later from the suppression lists. This fake answers
-as SendGrid's documents say, refuses what they (and SendGrid's documented rules) refuse, and lets
-a test seed the suppression lists and inject faults.
+in SendGrid's shapes, refuses what our request schemas (``tests/fakes/schemas/sendgrid-*.json``)
+and SendGrid's documented rules refuse, and lets a test seed the suppression lists and inject
+faults. It also answers the Email Activity look-up the settling of a dead claim uses.
 
 Point the real SDK at it::
 
@@ -19,19 +20,18 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tests.fakes import FakeHTTPProvider, Problem, RecordedRequest, Refused, Reply
 from tests.fakes.openapi import Operation
 
-MAIL_DOCUMENT = "sendgrid-mail-v3.openapi.json"
-SUPPRESSIONS_DOCUMENT = "sendgrid-suppressions-v3.openapi.json"
+MAIL_DOCUMENT = "sendgrid-mail-send.json"
+SUPPRESSIONS_DOCUMENT = "sendgrid-suppressions.json"
+ACTIVITY_DOCUMENT = "sendgrid-email-activity.json"
 
-ACTIVITY_PATH = "/v3/messages"
 _ACTIVITY_CONDITION = re.compile(r"unique_args\['(\w+)'\]\s*=\s*\"([^\"]*)\"")
 
-# SendGrid refuses a send_at more than 72 hours ahead (the document says so in prose).
+# SendGrid refuses a send_at more than 72 hours ahead (its documentation says so in prose).
 SEND_AT_HORIZON = timedelta(hours=72)
 
 _ERROR_MESSAGES = {
@@ -105,18 +105,17 @@ class FakeSendGrid(FakeHTTPProvider):
     with ``add_bounce`` / ``add_block`` / ``add_invalid_email``.
     """
 
-    documents: ClassVar[tuple[str, ...]] = (MAIL_DOCUMENT, SUPPRESSIONS_DOCUMENT)
+    documents: ClassVar[tuple[str, ...]] = (MAIL_DOCUMENT, SUPPRESSIONS_DOCUMENT, ACTIVITY_DOCUMENT)
     handlers: ClassVar[dict[str, str]] = {
         "SendMail": "_send_mail",
         "ListSuppressionBounces": "_list_bounces",
         "ListSuppressionBlock": "_list_blocks",
         "ListInvalidEmail": "_list_invalid_emails",
+        "ListMessages": "_list_messages",
     }
 
-    def __init__(
-        self, api_key: str = "SG.fake-key.for-tests", *, apis_dir: Path | None = None, **options: Any
-    ):
-        super().__init__(apis_dir=apis_dir, **options)
+    def __init__(self, api_key: str = "SG.fake-key.for-tests", **options: Any):
+        super().__init__(**options)
         self.api_key = api_key
         self._mails: list[AcceptedMail] = []
         self._lists: dict[str, list[SuppressionEntry]] = {"bounces": [], "blocks": [], "invalid_emails": []}
@@ -287,13 +286,9 @@ class FakeSendGrid(FakeHTTPProvider):
                     "base64",
                 )
 
-    # -- Email Activity (not in the shared documents: answered here, as SendGrid documents it) --
-    def _process(self, request, found, media_type, decode_problems):  # type: ignore[no-untyped-def]
-        if request.method == "GET" and request.path == ACTIVITY_PATH:
-            return self.authenticate(request) or self._list_messages(request)
-        return super()._process(request, found, media_type, decode_problems)
-
-    def _list_messages(self, request: RecordedRequest) -> Reply:
+    def _list_messages(
+        self, request: RecordedRequest, operation: Operation, path_params: dict[str, str]
+    ) -> Reply:
         """``GET /v3/messages?query=unique_args['k']="v"&limit=N``: the accepted mails whose
         custom args match every condition, newest first (SendGrid's Email Activity API)."""
         query = (request.query.get("query") or [""])[0]

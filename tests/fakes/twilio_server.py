@@ -19,13 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tests.fakes import FakeHTTPProvider, Problem, RecordedRequest, Refused, Reply, basic_credentials
 from tests.fakes.openapi import Operation, is_e164
 
-MESSAGES_DOCUMENT = "twilio-messages-v2010.openapi.json"
+MESSAGES_DOCUMENT = "twilio-messages.json"
 
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
 
@@ -96,10 +95,9 @@ class FakeTwilio(FakeHTTPProvider):
         *,
         schedule_min: timedelta = timedelta(minutes=15),
         schedule_max: timedelta = timedelta(days=35),
-        apis_dir: Path | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(apis_dir=apis_dir, **options)
+        super().__init__(**options)
         self.account_sid = account_sid or _sid("AC")
         self.auth_token = auth_token or secrets.token_hex(16)
         self.messaging_service_sid = messaging_service_sid or _sid("MG")

@@ -33,7 +33,7 @@ def _provider_backend(settings: Settings, channel: str, backend: str) -> Channel
     import importlib
 
     module = importlib.import_module(f"dispatch.channels.{backend}")
-    return module.from_settings(settings, channel)  # type: ignore[no-any-return]
+    return module.from_settings(settings, channel)
 
 
 def capabilities(channels: dict[str, Channel]) -> dict[str, tuple[bool, dt.timedelta | None]]:

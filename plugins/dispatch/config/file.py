@@ -39,7 +39,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from dispatch.errors import ConfigError
-from dispatch.rendering.engine import TemplateError, check_template_file, check_template_source
+from dispatch.rendering.checks import check_template_file, check_template_source
+from dispatch.rendering.errors import TemplateError
 from dispatch.rules.scheduling import MAX_DELAY_DAYS, SUPPORTED_FROM, SUPPORTED_RANGE_TEXT, SUPPORTED_UNTIL
 from dispatch.storage.bulk import chunks, dialect_insert
 from dispatch.storage.schema import (
@@ -727,7 +728,7 @@ def _read_plan(e: _Entry) -> _Plan:
 
 def _read_sending(e: _Entry) -> _Sending:
     """The template of a plan. Subject, body and template file are optional: what is left
-    out renders with the default wording of the customer's language (dispatch.rendering.engine)."""
+    out renders with the default wording of the customer's language (dispatch.rendering.lookup)."""
     s = _Sending(
         entry=e,
         channel=e.text("channel", required=True),

@@ -28,7 +28,7 @@ LETTER_BACKENDS = ("outbox", "printapi")
 
 
 def _secret() -> str | None:
-    return field(default=None, repr=False)  # type: ignore[return-value]
+    return field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
     if conn := lookup("smtp_default"):
         values["smtp_host"] = conn.get("host")
         if conn.get("port"):
-            values["smtp_port"] = int(conn["port"])  # type: ignore[arg-type]
+            values["smtp_port"] = int(str(conn["port"]))
         values["smtp_user"] = conn.get("login")
         values["smtp_password"] = conn.get("password")
         extra = conn.get("extra") or {}
@@ -397,7 +397,7 @@ def load_settings(
     for name, env_name in ENV_NAMES.items():
         raw = environ.get(env_name)
         if raw not in (None, "") and name in names:
-            values[name] = _convert(name, raw)  # type: ignore[arg-type]
+            values[name] = _convert(name, raw)
     for key in DB_URL_SETTINGS:
         if key in values:
             check_db_url(ENV_NAMES[key], str(values[key]))

@@ -22,8 +22,9 @@ from dispatch.delivery.matching import Matched
 from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, update_rows
 from dispatch.storage.schema import invoice_actions
+from dispatch.vocabulary import ActionStatus, EventName, ManualReason
 
-REASON = "bounced"
+REASON = ManualReason.BOUNCED
 
 
 def detail_of(m: Matched) -> str:
@@ -51,8 +52,8 @@ def apply_consequences(
             (row[0], row[1])
             for row in conn.execute(
                 update(invoice_actions)
-                .where(a.action_id.in_(list(part)), a.status == "sent")
-                .values(status="manual", manual_reason=REASON, updated_at=at)
+                .where(a.action_id.in_(list(part)), a.status == ActionStatus.SENT)
+                .values(status=ActionStatus.MANUAL, manual_reason=REASON, updated_at=at)
                 .returning(a.action_id, a.invoice_id)
             ).all()
         ]
@@ -69,7 +70,7 @@ def apply_consequences(
     record_events(
         conn,
         moved,
-        event="bounced",
+        event=EventName.BOUNCED,
         at=at,
         run_id=run_id,
         details={k: f"bounced; {v}" for k, v in details.items()},

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatch.storage.schema import DELIVERY_STATES
+from dispatch.vocabulary import DeliveryState
 
 STATES = DELIVERY_STATES
 #: a later state outranks an earlier one as "the latest state", whatever the order of arrival
 STATE_RANK = {state: rank for rank, state in enumerate(STATES)}
 #: the states that send the action back to its owner's to-do list (manual ``bounced``)
-BOUNCED_STATES = ("bounced",)
+BOUNCED_STATES = (DeliveryState.BOUNCED,)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def parse(body: bytes) -> list[DeliveryEvent]:
         raise PayloadError("printapi: expected a JSON event object")
     event_type = item.get("event_type")
     type_id = str(event_type.get("id") if isinstance(event_type, dict) else event_type or "").strip()
-    letter = item.get("body") if isinstance(item.get("body"), dict) else {}
+    resource = item.get("body")
+    letter: dict[str, Any] = resource if isinstance(resource, dict) else {}
     if not item.get("id") or not type_id.startswith("letter."):
         raise PayloadError("printapi: expected a letter event with 'id' and 'event_type.id' letter.…")
     name = type_id.removeprefix("letter.").removeprefix("certified.")
@@ -101,7 +102,8 @@ def _reason(name: str, letter: dict[str, Any]) -> str | None:
         return None
     events = [e for e in letter.get("tracking_events") or [] if isinstance(e, dict)]
     latest = events[-1] if events else {}
-    details = latest.get("details") if isinstance(latest.get("details"), dict) else {}
+    found = latest.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
     text = details.get("description") or latest.get("name") or "Returned to Sender"
     where = latest.get("location")
     return clip(f"{text} ({where})" if where else text)

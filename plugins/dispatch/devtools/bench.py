@@ -42,7 +42,7 @@ import tracemalloc
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -443,7 +443,7 @@ def next_weekday(day: dt.date) -> dt.date:
     return pd.Timestamp(np.busday_offset(np.datetime64(day), 1, roll="forward")).date()
 
 
-def _databases(backend: str, folder: Path, pg_admin: str):  # type: ignore[no-untyped-def]
+def _databases(backend: str, folder: Path, pg_admin: str) -> AbstractContextManager[tuple[str, str]]:
     return sqlite_databases(folder) if backend == "sqlite" else postgres_databases(pg_admin)
 
 

@@ -25,9 +25,11 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from jinja2 import Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatch.channels.base import OutgoingMessage
@@ -61,7 +63,7 @@ def copy_limit(dispatch_url: str, accounting_url: str) -> CopyLimit:
         with source.connect() as conn:
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             started = time.perf_counter()
-            blocks = []
+            blocks: list[bytes] = []
             with cur.copy("COPY (SELECT * FROM invoices) TO STDOUT") as copy:
                 blocks.extend(bytes(b) for b in copy)
             out_seconds = time.perf_counter() - started
@@ -159,15 +161,15 @@ def email_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     out_dir.mkdir(parents=True)
     contexts = _contexts(frame)
     env = ImmutableSandboxedEnvironment(autoescape=False)
-    compiled: dict[str, object] = {}
-    rows = list(frame.itertuples(index=False))
+    compiled: dict[str, Template] = {}
+    rows: list[Any] = list(frame.itertuples(index=False))  # a frame row: its columns are untyped
     started = time.perf_counter()
     for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
         for source in (r.subject, r.body):
             if source not in compiled:  # each template compiled once, as the pipeline caches them
                 compiled[source] = env.from_string(source)
         subject_t, body_t = compiled[r.subject], compiled[r.body]
-        subject, body = subject_t.render(ctx), body_t.render(ctx)  # type: ignore[attr-defined]
+        subject, body = subject_t.render(ctx), body_t.render(ctx)
         msg = EmailMessage(policy=SMTP)  # the headers the outbox writes, set directly
         msg["From"] = Address(r.org_name, addr_spec=r.mail_from)
         msg["To"] = r.recipient
@@ -199,8 +201,8 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     out_dir.mkdir(parents=True)
     contexts = _contexts(frame)
     env = ImmutableSandboxedEnvironment(autoescape=False)
-    rows = list(frame.itertuples(index=False))
-    compiled: dict[str, object] = {}
+    rows: list[Any] = list(frame.itertuples(index=False))  # a frame row: its columns are untyped
+    compiled: dict[str, Template] = {}
     started = time.perf_counter()
     for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
         if r.body not in compiled:
@@ -213,7 +215,7 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
             channel="letter",
             recipients=(r.recipient or "",),
             deliver_at=r.deliver_at.to_pydatetime().astimezone(dt.UTC),
-            body_text=body_t.render(ctx),  # type: ignore[attr-defined]
+            body_text=body_t.render(ctx),
             sender_name=r.org_name,
         )
         _durably(out_dir, f"{r.action_id}.pdf", letter_for_message(message), i, len(rows))

@@ -58,8 +58,10 @@ def invoices_frame(n: int, seed: int = 12) -> pd.DataFrame:
             "accounting_status": accounting,
             "first_seen_at": (issue + pd.Timedelta(hours=5)).strftime("%Y-%m-%d %H:%M:%S.%f"),
             "sending_status": sending,
-            "sent_at": np.where(sent, (issue + pd.Timedelta(hours=6)).strftime("%Y-%m-%d %H:%M:%S.%f"), None),
-            "sent_how": np.where(sent, "automatic", None),
+            "sent_at": pd.Series((issue + pd.Timedelta(hours=6)).strftime("%Y-%m-%d %H:%M:%S.%f")).where(
+                sent, None
+            ),
+            "sent_how": pd.Series("automatic", index=range(n)).where(sent, None),
         }
     )
 

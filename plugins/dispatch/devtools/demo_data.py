@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -534,7 +535,7 @@ def _late_void_change(rows: Sequence[Mapping[str, object]]) -> AccountingChange:
     weekday after its ``updated_at`` — after the weekday run that imports it (whatever its time
     of day) and, with its plan's 3-day delay, before any run that would send it."""
     row = next(r for r in rows if r["invoice_id"] == NOTABLE["voided_after_import"])
-    day = row["updated_at"].date() + dt.timedelta(days=1)  # type: ignore[union-attr]
+    day = cast(dt.datetime, row["updated_at"]).date() + dt.timedelta(days=1)
     while day.weekday() >= 5:
         day += dt.timedelta(days=1)
     return AccountingChange(
@@ -582,8 +583,8 @@ def build_demo(
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(render_demo_config(today, config_template), encoding="utf-8")
 
-    issues = [r["issue_date"] for r in invoice_rows if r["issue_date"] is not None]
-    updates = [r["updated_at"] for r in invoice_rows]
+    issues = [cast(dt.date, r["issue_date"]) for r in invoice_rows if r["issue_date"] is not None]
+    updates = [cast(dt.datetime, r["updated_at"]) for r in invoice_rows]
     return DemoSummary(
         accounting_url=accounting_url,
         config_path=config_path,
@@ -592,10 +593,10 @@ def build_demo(
         seed=seed,
         org_ids=tuple(o.org_id for o in ORGS),
         enabled_at=enabled_instants(today),
-        first_issue_date=min(issues),  # type: ignore[type-var]
-        last_issue_date=max(issues),  # type: ignore[type-var]
-        first_updated_at=min(updates).replace(tzinfo=dt.UTC),  # type: ignore[type-var, union-attr]
-        last_updated_at=max(updates).replace(tzinfo=dt.UTC),  # type: ignore[type-var, union-attr]
+        first_issue_date=min(issues),
+        last_issue_date=max(issues),
+        first_updated_at=min(updates).replace(tzinfo=dt.UTC),
+        last_updated_at=max(updates).replace(tzinfo=dt.UTC),
         customers=len(customer_rows),
         contacts=len(contact_rows),
         invoices=len(invoice_rows),

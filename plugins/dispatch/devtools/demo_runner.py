@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from dispatch.config.file import load_config_file
 from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings
-from dispatch.devtools.demo_data import apply_accounting_changes, build_demo
+from dispatch.devtools.demo_data import DemoSummary, apply_accounting_changes, build_demo
 from dispatch.paths import resolve
 from dispatch.people.operations import todo_list
 from dispatch.runtime.pipeline import run_pipeline
@@ -41,7 +41,7 @@ def reset_embedded_state(settings: Settings) -> None:
         shutil.rmtree(settings.outbox_dir, ignore_errors=True)
 
 
-def prepare(settings: Settings, today: dt.date):  # type: ignore[no-untyped-def]
+def prepare(settings: Settings, today: dt.date) -> DemoSummary:
     reset_embedded_state(settings)
     summary = build_demo(
         settings.accounting_db_url,
@@ -73,7 +73,7 @@ def day_line(as_of: dt.datetime, counts: dict) -> dict:
     }
 
 
-def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # type: ignore[no-untyped-def]
+def print_summary(settings: Settings, lines: list[dict], summary: DemoSummary) -> None:
     from tabulate import tabulate
 
     engine = make_engine(settings.dispatch_db_url)
@@ -97,15 +97,17 @@ def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # ty
         without = pd.read_sql(text("SELECT * FROM invoices_without_template ORDER BY invoice_id"), conn)
         rejected = pd.read_sql(text("SELECT invoice_id, reason FROM rejected_invoices ORDER BY reason"), conn)
     print("\nInvoices by sending status")
-    print(tabulate(totals, headers="keys", showindex=False))
+    print(tabulate(totals.to_dict("list"), headers="keys", showindex=False))
     print("\nActions by channel and status")
-    print(tabulate(channels, headers="keys", showindex=False))
+    print(tabulate(channels.to_dict("list"), headers="keys", showindex=False))
     todo = todo_list(engine)
     print(f"\nTo-do list (Invoicing): {len(todo)} open manual actions")
     if not todo.empty:
         print(
             tabulate(
-                todo[["owner_user_id", "invoice_number", "customer_name", "channel", "manual_reason"]],
+                todo[
+                    ["owner_user_id", "invoice_number", "customer_name", "channel", "manual_reason"]
+                ].to_dict("list"),
                 headers="keys",
                 showindex=False,
             )
@@ -128,7 +130,7 @@ def print_summary(settings: Settings, lines: list[dict], summary) -> None:  # ty
     )
 
 
-def announce(summary) -> None:  # type: ignore[no-untyped-def]
+def announce(summary: DemoSummary) -> None:
     """The demo's first line: what was built, for which day."""
     print(
         f"Demo built for today {summary.today}: {summary.invoices} accounting rows "

@@ -126,7 +126,7 @@ def demo_batch(emails: Sequence[dict]) -> tuple[list[dict], DemoEvents]:
         sent_at: dt.datetime = mail["deliver_at"]
         address = (mail["recipient"] or "").split(",")[0].strip()
         bounce = n == len(emails) - 1 and len(emails) > 1
-        steps = [("processed", sent_at, {})]
+        steps: list[tuple[str, dt.datetime, dict[str, str]]] = [("processed", sent_at, {})]
         if bounce:
             reason = "550 5.1.1 The email account that you tried to reach does not exist"
             steps.append(("bounce", sent_at + DELIVERED_AFTER, {"reason": reason, "type": "bounce"}))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, Table, select, text, update
 
 from dispatch.channels.base import Channel
 from dispatch.config.settings import Settings
@@ -60,7 +61,9 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _fetch(conn, table, key: str, ids: list[str], cols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def _fetch(
+    conn: Connection, table: Table, key: str, ids: list[str], cols: Sequence[ColumnElement[Any]]
+) -> pd.DataFrame:
     frames = [pd.read_sql(select(*cols).where(table.c[key].in_(list(p))), conn) for p in chunks(ids)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c.name for c in cols])
 
@@ -345,8 +348,8 @@ def send_action_now(
         "action_id": action_id,
         "events": dict(counts),
         "template_id": version.get(action_id),
-        **after._asdict(),
-    }  # type: ignore[union-attr]
+        **(after._asdict() if after is not None else {}),
+    }
 
 
 def send_actions_now(

@@ -25,21 +25,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, or_, select
 
 from dispatch.sending.events import record_events
 from dispatch.sending.invoice_pdf import locate_invoice_pdf
 from dispatch.storage.bulk import chunks, update_rows
 from dispatch.storage.schema import invoice_actions, invoice_templates, invoices, plans
 from dispatch.storage.session import Database
+from dispatch.vocabulary import ActionStatus, EventName, ManualReason
 
-PDF_REASONS = ("missing_pdf", "pdf_outside_root")
-REQUEUED_REASONS = ("template_error", *PDF_REASONS)
+PDF_REASONS = (ManualReason.MISSING_PDF, ManualReason.PDF_OUTSIDE_ROOT)
+REQUEUED_REASONS = (ManualReason.TEMPLATE_ERROR, *PDF_REASONS)
 
 A, T, P = invoice_actions, invoice_templates, plans
 
 
-def _current(conn: Connection, where) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def _current(conn: Connection, where: ColumnElement[bool]) -> pd.DataFrame:
     """Actions with their plan's current template version beside their own."""
     stmt = (
         select(
@@ -89,17 +90,19 @@ def refresh_to_current(
                 }
                 for r in stale.itertuples(index=False)
             ],
-            guard=or_(A.c.status == "scheduled", A.c.status == "manual"),  # no IN: executemany
+            guard=or_(
+                A.c.status == ActionStatus.SCHEDULED, A.c.status == ActionStatus.MANUAL
+            ),  # no IN: executemany
         )
         record_events(
             conn,
             zip(stale["action_id"], stale["invoice_id"], strict=True),
-            event="template_refreshed",
+            event=EventName.TEMPLATE_REFRESHED,
             at=at,
             run_id=run_id,
             actor=actor,
             details={
-                r.action_id: f"template {r.template_id} -> {r.current_template_id} (plan's current)"
+                str(r.action_id): f"template {r.template_id} -> {r.current_template_id} (plan's current)"
                 for r in stale.itertuples(index=False)
             },
             template_ids=dict(zip(stale["action_id"], stale["current_template_id"], strict=True)),
@@ -121,13 +124,13 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
     The candidates are the (few) open ``template_error`` and PDF actions, not the invoices;
     the PDF check looks at one path per candidate, nothing is read.
     """
-    counts = {reason: 0 for reason in REQUEUED_REASONS}
+    counts = {reason.value: 0 for reason in REQUEUED_REASONS}
     with db.tx() as conn:
-        df = _current(conn, and_(A.c.status == "manual", A.c.manual_reason.in_(REQUEUED_REASONS)))
+        df = _current(conn, and_(A.c.status == ActionStatus.MANUAL, A.c.manual_reason.in_(REQUEUED_REASONS)))
         if df.empty:
             return counts
         fixed_template = (
-            (df["manual_reason"] == "template_error")
+            (df["manual_reason"] == ManualReason.TEMPLATE_ERROR)
             & df["current_template_id"].notna()
             & (df["current_template_id"] != df["template_id"])
             & (df["current_channel"] == df["channel"])
@@ -147,7 +150,7 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
             {
                 "action_id": a,
                 "template_id": t,
-                "status": "scheduled",
+                "status": ActionStatus.SCHEDULED,
                 "manual_reason": None,
                 "detail": None,
                 "updated_at": at,
@@ -160,19 +163,21 @@ def requeue_fixed(db: Database, *, at: dt.datetime, run_id: str, pdf_root: Path)
             "action_id",
             rows,
             # equalities, not IN: an executemany cannot expand an IN list
-            guard=and_(A.c.status == "manual", or_(*(A.c.manual_reason == r for r in REQUEUED_REASONS))),
+            guard=and_(
+                A.c.status == ActionStatus.MANUAL, or_(*(A.c.manual_reason == r for r in REQUEUED_REASONS))
+            ),
         )
         record_events(
             conn,
             zip(go["action_id"], go["invoice_id"], strict=True),
-            event="requeued",
+            event=EventName.REQUEUED,
             at=at,
             run_id=run_id,
             details={
-                r.action_id: (
+                str(r.action_id): (
                     f"template_error fixed: template {r.template_id} -> {r.current_template_id}"
-                    if r.manual_reason == "template_error"
-                    else f"{r.manual_reason} fixed: the invoice PDF is now in the invoice folder"
+                    if r.manual_reason == ManualReason.TEMPLATE_ERROR
+                    else f"{r.manual_reason!s} fixed: the invoice PDF is now in the invoice folder"
                 )
                 for r in go.itertuples(index=False)
             },

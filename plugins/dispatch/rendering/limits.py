@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.nodes
@@ -417,13 +417,13 @@ def checked_concat(_context: Any, value: Any) -> Any:
 
 class _Bounder(jinja2.visitor.NodeTransformer):
     def visit_For(self, node: jinja2.nodes.For) -> jinja2.nodes.Node:
-        node = self.generic_visit(node)
+        node = cast(jinja2.nodes.For, self.generic_visit(node))
         node.iter = jinja2.nodes.Filter(node.iter, LOOP_FILTER, [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: jinja2.nodes.Concat) -> jinja2.nodes.Node:
-        node = self.generic_visit(node)
-        return jinja2.nodes.Filter(node, CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
+        visited = self.generic_visit(node)
+        return jinja2.nodes.Filter(visited, CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
 
 
 def bound_tree(template: jinja2.nodes.Template) -> jinja2.nodes.Template:

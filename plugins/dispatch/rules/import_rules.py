@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 from babel.numbers import list_currencies
 
+from dispatch.vocabulary import AccountingStatus, values
+
 ISO_CURRENCIES = frozenset(list_currencies())
-ACCOUNTING_STATUSES = ("open", "paid", "void")
+ACCOUNTING_STATUSES = values(AccountingStatus)
 
 #: Issue and due dates are accepted from this day to the as-of day plus ``FUTURE_YEARS``.
 DATE_FLOOR = dt.date(1970, 1, 1)

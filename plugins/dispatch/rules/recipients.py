@@ -27,14 +27,25 @@ import numpy as np
 import pandas as pd
 import phonenumbers
 
-FIELD_BY_CHANNEL = {"email": "email", "sms": "phone", "letter": "postal_address"}
+from dispatch.vocabulary import ChannelName, ManualReason
+
+FIELD_BY_CHANNEL = {
+    ChannelName.EMAIL: "email",
+    ChannelName.SMS: "phone",
+    ChannelName.LETTER: "postal_address",
+}
 """The contact column each channel needs."""
 
-_FIELD_LABEL = {"email": "e-mail address", "sms": "phone number", "letter": "postal address"}
-_WITH_ARTICLE = {"email": "an e-mail address", "sms": "a phone number", "letter": "a postal address"}
-
-NO_CONTACT = "no_contact"
-INVALID_CONTACT = "invalid_contact"
+_FIELD_LABEL = {
+    ChannelName.EMAIL: "e-mail address",
+    ChannelName.SMS: "phone number",
+    ChannelName.LETTER: "postal address",
+}
+_WITH_ARTICLE = {
+    ChannelName.EMAIL: "an e-mail address",
+    ChannelName.SMS: "a phone number",
+    ChannelName.LETTER: "a postal address",
+}
 
 OUTPUT_COLUMNS = ("action_id", "recipient", "recipients", "contact_name", "problem", "problem_detail")
 
@@ -126,14 +137,14 @@ def _validate(candidates: pd.DataFrame, default_region_by_org: dict[str, str | N
     error = pd.Series(None, index=candidates.index, dtype=object)
 
     for channel, group in candidates.groupby("channel", sort=False):
-        if channel == "sms":
+        if channel == ChannelName.SMS:
             region = group["org_id"].map(default_region_by_org).astype(object)
             region = region.where(region.notna(), None)
             keys = list(zip(group["value"], region, strict=True))
             checked = {key: check_phone(*key) for key in dict.fromkeys(keys)}
             results = [checked[key] for key in keys]
         else:
-            check = check_email if channel == "email" else check_postal_address
+            check = check_email if channel == ChannelName.EMAIL else check_postal_address
             checked = {value: check(value) for value in pd.unique(group["value"])}
             results = [checked[value] for value in group["value"]]
         normalized.loc[group.index] = [r.value for r in results]
@@ -202,7 +213,7 @@ def pick_recipients(
     # E-mail: every valid address once; SMS and letter: the first valid contact.
     valid["_dedup"] = valid["normalized"].str.casefold()
     valid = valid.drop_duplicates(subset=["_pos", "_dedup"], keep="first")
-    single = valid["channel"] != "email"
+    single = valid["channel"] != ChannelName.EMAIL
     valid = pd.concat([valid[~single], valid[single].groupby("_pos", sort=False).head(1)])
     valid = valid.sort_values(["_pos", "contact_id"], kind="stable")
 
@@ -218,19 +229,23 @@ def pick_recipients(
     before_chosen = pd.Series(False, index=refused.index)
     sent_by_other = chosen.notna()
     before_chosen[sent_by_other] = refused.loc[sent_by_other, "contact_id"] < chosen[sent_by_other]
-    skipped = (refused["channel"] == "email") | ~sent_by_other | before_chosen
+    skipped = (refused["channel"] == ChannelName.EMAIL) | ~sent_by_other | before_chosen
     refused_detail = _describe_refused(refused[skipped]).reindex(positions)
 
     sends = recipients.notna().to_numpy()
     has_field = positions.isin(candidates["_pos"].unique())
-    problem = np.where(sends, None, np.where(has_field, INVALID_CONTACT, NO_CONTACT))
+    problem = np.where(has_field, ManualReason.INVALID_CONTACT.value, ManualReason.NO_CONTACT.value)
+    problem = problem.astype(object)
+    problem[sends] = None
     no_contact_detail = (
         "customer "
         + work["customer_id"].astype(str)
         + " has no contact with "
         + work["channel"].map(_WITH_ARTICLE)
     ).to_numpy()
-    detail = np.where(problem == NO_CONTACT, no_contact_detail, refused_detail.to_numpy(dtype=object))
+    detail = np.where(
+        problem == ManualReason.NO_CONTACT, no_contact_detail, refused_detail.to_numpy(dtype=object)
+    )
 
     # Object columns with None for "nothing", not pandas' string dtype with NaN: callers
     # write these straight into nullable database columns and test them with `is None`.

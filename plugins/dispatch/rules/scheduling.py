@@ -9,7 +9,6 @@ Public surface:
 
 - :func:`scheduled_instants` — ``scheduled_for`` (UTC) and ``scheduled_local_date`` of each
   action from its invoice's issue date, import instant, template delay and org calendar.
-- :func:`next_run_horizon` — the default end of the time a run covers.
 - :func:`classify_due` — which actions a run hands over (``due``, ``deliver_at``) and which
   manual ones enter the to-do list (``enters_todo``).
 - :func:`business_day_calendar` — the cached public-holiday dates of a country.
@@ -20,16 +19,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Final, NamedTuple, cast
 
 import holidays as holidays_lib
 import numpy as np
 import pandas as pd
 
+from dispatch.rules.horizon import run_horizon
+
 WEEKMASK = "Mon Tue Wed Thu Fri"
 """Business days are Monday to Friday (SPEC R10); public holidays are added per country (B4)."""
 
-_TS_UNIT = "ns"
+_TS_UNIT: Final = "ns"
+_TS_UTC: Final = "datetime64[ns, UTC]"  # the dtype of instants, _TS_UNIT in UTC
 _NO_COUNTRY = ""
 
 SUPPORTED_FROM = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -242,7 +244,10 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
             "country": country.to_numpy(),
         }
     )
-    groups = org_calendar.groupby(["timezone", "send_time", "country"], sort=False).indices
+    groups = cast(
+        "dict[tuple[str, str, str], np.ndarray]",
+        org_calendar.groupby(["timezone", "send_time", "country"], sort=False).indices,
+    )
     for (timezone, send_time, holiday_country), rows in groups.items():
         g_first, g_issue, g_delay = first_seen[rows], issue[rows], delay_days[rows]
         known = ~np.isnat(g_issue) & ~np.isnat(g_first)
@@ -267,7 +272,7 @@ def scheduled_instants(df: pd.DataFrame) -> pd.DataFrame:
         {
             "scheduled_for": pd.Series(scheduled_for, index=df.index).dt.tz_localize("UTC"),
             "scheduled_local_date": pd.Series(local_date.astype(f"datetime64[{_TS_UNIT}]"), index=df.index),
-            "schedule_error": pd.Series(np.where(outside, OUT_OF_RANGE, None), index=df.index, dtype=object),
+            "schedule_error": pd.Series(OUT_OF_RANGE, index=df.index, dtype=object).where(outside, None),
         },
         index=df.index,
     )
@@ -282,21 +287,6 @@ def _utc_timestamp(value: dt.datetime | pd.Timestamp) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def next_run_horizon(as_of: dt.datetime) -> dt.datetime:
-    """Default end of the time a run covers: the next weekday after ``as_of``'s UTC date, same UTC time.
-
-    Weekdays are Monday–Friday on the UTC calendar (the DAG's weekday schedule); public
-    holidays do not count here, because the DAG runs on them too. Friday's run (and a
-    weekend one) covers until Monday. Returns an aware UTC ``datetime``; a naive ``as_of`` is
-    taken as UTC.
-    """
-    stamp = _utc_timestamp(as_of)
-    today = np.datetime64(stamp.date(), "D")
-    next_day = np.busday_offset(today + np.timedelta64(1, "D"), 0, roll="forward", weekmask=WEEKMASK)
-    horizon = pd.Timestamp(next_day).tz_localize("UTC") + (stamp - stamp.normalize())
-    return horizon.to_pydatetime()
-
-
 def _channel_rules(
     channels: pd.Series, rules: Mapping[str, ChannelScheduling | tuple[bool, dt.timedelta | None]]
 ) -> tuple[np.ndarray, pd.Series]:
@@ -309,10 +299,10 @@ def _channel_rules(
     can: dict[str, bool] = {}
     ahead_seconds: dict[str, float] = {}
     for name, rule in rules.items():
-        can_schedule, max_ahead = ChannelScheduling(*rule)
+        can_schedule, ahead = ChannelScheduling(*rule)
         can[name] = bool(can_schedule) and name not in UNSCHEDULABLE_CHANNELS
-        if max_ahead is not None:
-            ahead_seconds[name] = pd.Timedelta(max_ahead).total_seconds()
+        if ahead is not None:
+            ahead_seconds[name] = pd.Timedelta(ahead).total_seconds()
     can_mask = channels.isin([name for name, ok in can.items() if ok]).to_numpy()
     max_ahead = pd.to_timedelta(channels.map(ahead_seconds).astype(float), unit="s")
     return can_mask, max_ahead
@@ -338,7 +328,8 @@ def classify_due(
     datetime), ``timezone`` (the org's IANA zone), ``channel`` and ``automatic`` (bool).
     ``channels`` maps a channel name to ``(can_schedule, max_ahead)`` for the backend in use
     (e.g. ``{"email": (True, timedelta(hours=72)), "sms": (True, None), "letter": (False,
-    None)}``). ``horizon`` defaults to :func:`next_run_horizon` of ``as_of``.
+    None)}``). ``horizon`` defaults to
+    :func:`dispatch.rules.horizon.run_horizon` of ``as_of`` on the default schedule.
 
     Returns a frame on the same index with:
 
@@ -357,7 +348,7 @@ def classify_due(
         raise ValueError(f"classify_due: missing columns {missing}")
 
     now = _utc_timestamp(as_of).as_unit(_TS_UNIT)
-    until = _utc_timestamp(horizon if horizon is not None else next_run_horizon(now)).as_unit(_TS_UNIT)
+    until = _utc_timestamp(horizon if horizon is not None else run_horizon(as_of)).as_unit(_TS_UNIT)
 
     scheduled_for = _as_utc(actions["scheduled_for"])
     local_date = pd.to_datetime(actions["scheduled_local_date"]).dt.as_unit(_TS_UNIT)
@@ -377,7 +368,7 @@ def classify_due(
     return pd.DataFrame(
         {
             "due": due,
-            "deliver_at": deliver_at.astype(f"datetime64[{_TS_UNIT}, UTC]"),
+            "deliver_at": deliver_at.astype(_TS_UTC),
             "enters_todo": enters_todo,
         },
         index=actions.index,

@@ -31,13 +31,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from airflow.sdk import RetryDecision, RetryPolicy
-from croniter import croniter
 
 from dispatch.channels.base import FatalChannelError, TransientError
 from dispatch.errors import DispatchError
+from dispatch.rules.batching import DEFAULT_MAX_BATCHES
+from dispatch.rules.horizon import DEFAULT_CRON, DEFAULT_TIMEZONE, Schedule, configured_schedule, run_horizon
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -55,10 +55,6 @@ log = logging.getLogger(__name__)
 DAG_ID = "invoice_dispatch"
 #: the pool every provider call goes through (created by include/airflow/setup.sh)
 POOL = "dispatch_providers"
-DEFAULT_CRON = "0 5 * * 1-5"
-DEFAULT_TIMEZONE = "UTC"
-#: Airflow's default ``core.max_map_length`` (dispatch.stages.compute_due_sends.DEFAULT_MAX_BATCHES)
-DEFAULT_MAX_MAP_LENGTH = 1024
 #: the result tables analysts read; the write-back task declares them as Asset outlets
 RESULT_TABLES = ("invoices", "invoice_actions", "action_events", "rejected_invoices", "dispatch_runs")
 
@@ -90,14 +86,7 @@ def dag_config(environ: Mapping[str, str] | None = None) -> DagConfig:
     ``DISPATCH_MAX_RETRY_DELAY_SECONDS``; a bad value fails the parse with its name."""
     env = os.environ if environ is None else environ
     base = DagConfig()
-    cron = env.get("DISPATCH_SCHEDULE_CRON") or base.cron
-    if not croniter.is_valid(cron):
-        raise DispatchError(f"DISPATCH_SCHEDULE_CRON={cron!r}: not a cron expression")
-    tz = env.get("DISPATCH_SCHEDULE_TZ") or base.timezone
-    try:
-        ZoneInfo(tz)
-    except (ValueError, KeyError) as exc:
-        raise DispatchError(f"DISPATCH_SCHEDULE_TZ={tz!r}: unknown time zone") from exc
+    cron, tz = configured_schedule(env)
 
     def number(name: str, default: float) -> float:
         raw = env.get(name)
@@ -119,16 +108,6 @@ def dag_config(environ: Mapping[str, str] | None = None) -> DagConfig:
         retry_delay=dt.timedelta(seconds=number("DISPATCH_RETRY_DELAY_SECONDS", 120)),
         max_retry_delay=dt.timedelta(seconds=number("DISPATCH_MAX_RETRY_DELAY_SECONDS", 1800)),
     )
-
-
-def schedule_horizon(as_of: dt.datetime, cron: str, timezone: str) -> dt.datetime:
-    """The schedule's first fire time strictly after ``as_of`` (aware UTC): the end of the
-    time a run covers (SPEC "Time", due rule). The cron is read in ``timezone``'s wall clock,
-    as Airflow's CronTriggerTimetable reads it."""
-    zone = ZoneInfo(timezone)
-    local = _utc(as_of).astimezone(zone).replace(tzinfo=None)
-    nxt = croniter(cron, local).get_next(dt.datetime)
-    return nxt.replace(tzinfo=zone).astimezone(dt.UTC)
 
 
 # --- the run a task belongs to ----------------------------------------------------------------
@@ -176,7 +155,7 @@ def run_from_context(context: Mapping[str, Any], config: DagConfig) -> RunContex
     return RunContext(
         run_id=dispatch_run_id(str(context["run_id"])),
         as_of=as_of,
-        horizon=schedule_horizon(as_of, config.cron, config.timezone),
+        horizon=run_horizon(as_of, Schedule(config.cron, config.timezone)),
     )
 
 
@@ -287,7 +266,7 @@ def resolve_templates_task(ctx: RunContext, settings: Settings | None = None) ->
 
 
 def compute_due_sends_task(
-    ctx: RunContext, max_batches: int = DEFAULT_MAX_MAP_LENGTH, settings: Settings | None = None
+    ctx: RunContext, max_batches: int = DEFAULT_MAX_BATCHES, settings: Settings | None = None
 ) -> dict:
     """Stage the due actions in batches; ``batch_numbers`` is what the dispatch task maps
     over, never longer than ``max_batches`` (Airflow's ``core.max_map_length``)."""
@@ -459,4 +438,4 @@ def max_map_length() -> int:
     """Airflow's configured ``core.max_map_length``: the most mapped batches a run may have."""
     from airflow.sdk import conf
 
-    return conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH)
+    return conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_BATCHES)

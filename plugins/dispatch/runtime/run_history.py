@@ -9,6 +9,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from dispatch.storage.schema import dispatch_runs
+from dispatch.vocabulary import EventName
 
 COLUMNS = [
     "run_id",
@@ -46,8 +47,8 @@ def list_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
     counts = df["counts"].tolist()
     df["imported"] = [_run_count(c, "imported") for c in counts]
     df["rejected"] = [_run_count(c, "rejected") for c in counts]
-    df["sent"] = [_run_count(c, "events.sent") for c in counts]
-    df["to_do"] = [_run_count(c, "events.manual") for c in counts]
-    df["cancelled"] = [_run_count(c, "events.cancelled") for c in counts]
+    df["sent"] = [_run_count(c, f"events.{EventName.SENT}") for c in counts]
+    df["to_do"] = [_run_count(c, f"events.{EventName.MANUAL}") for c in counts]
+    df["cancelled"] = [_run_count(c, f"events.{EventName.CANCELLED}") for c in counts]
     df["counts"] = [json.loads(c) if isinstance(c, str) else c for c in counts]
     return df[COLUMNS]

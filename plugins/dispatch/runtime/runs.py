@@ -8,15 +8,17 @@ operators.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, update
 
-from dispatch.rules.scheduling import next_run_horizon
+from dispatch.rules.horizon import configured_schedule, run_horizon
 from dispatch.storage.bulk import insert_ignore
 from dispatch.storage.schema import dispatch_runs
 from dispatch.storage.session import Database
+from dispatch.vocabulary import RunStatus
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,14 @@ class RunContext:
 
     @staticmethod
     def new(as_of: dt.datetime, run_id: str | None = None, horizon: dt.datetime | None = None) -> RunContext:
+        """A run as of ``as_of``; without a ``horizon``, the next fire time of the DAG's
+        schedule (``DISPATCH_SCHEDULE_CRON``/``_TZ``), so ``dispatch run`` covers what the
+        DAG's run at that instant would."""
         as_of = as_utc(as_of)
         run_id = run_id or f"cli__{as_of:%Y%m%dT%H%M%SZ}__{uuid.uuid4().hex[:8]}"
-        return RunContext(run_id, as_of, as_utc(horizon) if horizon else next_run_horizon(as_of))
+        if horizon is None:
+            return RunContext(run_id, as_of, run_horizon(as_of, configured_schedule(os.environ)))
+        return RunContext(run_id, as_of, as_utc(horizon))
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -57,19 +64,19 @@ def start_run(db: Database, ctx: RunContext) -> None:
                     "as_of": ctx.as_of,
                     "horizon": ctx.horizon,
                     "started_at": wall_clock(),
-                    "status": "running",
+                    "status": RunStatus.RUNNING,
                 }
             ],
             ["run_id"],
         )
         conn.execute(
             update(dispatch_runs)
-            .where(dispatch_runs.c.run_id == ctx.run_id, dispatch_runs.c.status == "failed")
-            .values(status="running", finished_at=None)
+            .where(dispatch_runs.c.run_id == ctx.run_id, dispatch_runs.c.status == RunStatus.FAILED)
+            .values(status=RunStatus.RUNNING, finished_at=None)
         )
 
 
-def finish_run(conn: Connection, run_id: str, counts: dict, status: str = "succeeded") -> None:
+def finish_run(conn: Connection, run_id: str, counts: dict, status: str = RunStatus.SUCCEEDED) -> None:
     conn.execute(
         update(dispatch_runs)
         .where(dispatch_runs.c.run_id == run_id)
@@ -83,8 +90,8 @@ def fail_run(db: Database, run_id: str) -> None:
     with db.tx() as conn:
         conn.execute(
             update(dispatch_runs)
-            .where(dispatch_runs.c.run_id == run_id, dispatch_runs.c.status == "running")
-            .values(status="failed", finished_at=wall_clock())
+            .where(dispatch_runs.c.run_id == run_id, dispatch_runs.c.status == RunStatus.RUNNING)
+            .values(status=RunStatus.FAILED, finished_at=wall_clock())
         )
 
 

@@ -95,7 +95,7 @@ def claim(
             )
             .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
         )
-        rows = conn.execute(stmt).all()
+        rows = conn.execute(stmt).tuples().all()
         record_events(conn, rows, event="claimed", at=ctx.as_of, run_id=ctx.run_id, detail=token)
         won.extend(r[0] for r in rows)
     if won:
@@ -150,16 +150,20 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
     """Give claims back untouched (the batch stopped before handing them over)."""
     n = 0
     for part in chunks(list(action_ids)):
-        rows = conn.execute(
-            update(invoice_actions)
-            .where(
-                invoice_actions.c.action_id.in_(part),
-                invoice_actions.c.status == "sending",
-                invoice_actions.c.claim_token == token,
+        rows = (
+            conn.execute(
+                update(invoice_actions)
+                .where(
+                    invoice_actions.c.action_id.in_(part),
+                    invoice_actions.c.status == "sending",
+                    invoice_actions.c.claim_token == token,
+                )
+                .values(_unclaimed(ctx.as_of))
+                .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
             )
-            .values(_unclaimed(ctx.as_of))
-            .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
-        ).all()
+            .tuples()
+            .all()
+        )
         record_events(conn, rows, event="released", at=ctx.as_of, run_id=ctx.run_id, detail=why)
         n += len(rows)
     return n
@@ -222,16 +226,20 @@ def dead_claims(
 def release_never_handed_over(conn: Connection, token: str, ctx: RunContext, why: str) -> int:
     """A dead claim's actions outside any recorded window: back to ``scheduled``, to be sent
     by the run that found them (one guarded UPDATE, so two finders release each once)."""
-    rows = conn.execute(
-        update(invoice_actions)
-        .where(
-            invoice_actions.c.claim_token == token,
-            invoice_actions.c.status == "sending",
-            invoice_actions.c.handover_at.is_(None),
+    rows = (
+        conn.execute(
+            update(invoice_actions)
+            .where(
+                invoice_actions.c.claim_token == token,
+                invoice_actions.c.status == "sending",
+                invoice_actions.c.handover_at.is_(None),
+            )
+            .values(_unclaimed(ctx.as_of))
+            .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
         )
-        .values(_unclaimed(ctx.as_of))
-        .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
-    ).all()
+        .tuples()
+        .all()
+    )
     record_events(
         conn,
         rows,

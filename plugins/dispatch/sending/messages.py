@@ -9,8 +9,10 @@ Rendering is per message by nature; everything else was prepared as whole column
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -19,15 +21,11 @@ from babel.dates import format_date
 from sqlalchemy import Connection, func, select
 
 from dispatch.channels.base import Attachment, OutgoingMessage
-from dispatch.rendering.engine import (
-    FALLBACK_LANGUAGE,
-    TemplateError,
-    TemplateSpec,
-    build_context,
-    render_message,
-    resolve_locale,
-    templates_dirs,
-)
+from dispatch.rendering.context import build_context
+from dispatch.rendering.engine import TemplateSpec, render_message
+from dispatch.rendering.errors import TemplateError
+from dispatch.rendering.filters import FALLBACK_LANGUAGE, resolve_locale
+from dispatch.rendering.lookup import templates_dirs
 from dispatch.sending.invoice_pdf import PdfRefusal, read_invoice_pdf
 from dispatch.sending.outcomes import Outcome
 from dispatch.storage.schema import (
@@ -138,7 +136,7 @@ def pdf_fix_hint(detail: str) -> str:
     return f"{detail}; once it is there, the next run sends it (or dispatch todo send)"
 
 
-def _none(value: object) -> object:
+def _none(value: Any) -> Any:
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
 
 
@@ -165,7 +163,8 @@ def prepare_messages(
     now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
     now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
     rec = recipients.set_index("action_id")
-    for row in details.itertuples(index=False):
+    rows: Iterable[Any] = details.itertuples(index=False)  # a frame row: its columns are untyped
+    for row in rows:
         aid, iid = row.action_id, row.invoice_id
         status = now_status.get(iid)
         if status is None or status == "void":
@@ -207,12 +206,12 @@ def prepare_messages(
         )
         spec = TemplateSpec(
             channel=row.channel,
-            subject=_none(row.subject),  # type: ignore[arg-type]
-            body=_none(row.body),  # type: ignore[arg-type]
-            template_file=_none(row.template_file),  # type: ignore[arg-type]
+            subject=_none(row.subject),
+            body=_none(row.body),
+            template_file=_none(row.template_file),
         )
         try:
-            rendered = render_message(spec, context, _none(row.language))  # type: ignore[arg-type]
+            rendered = render_message(spec, context, _none(row.language))
         except TemplateError as exc:
             outcomes.append(
                 Outcome(
@@ -254,9 +253,9 @@ def prepare_messages(
                 body_text=rendered.text,
                 body_html=rendered.html,
                 # From: the organization's address, else the deployment's, else the owner's.
-                sender=_none(row.mail_from) or default_sender or _none(row.owner_email) or FALLBACK_SENDER,  # type: ignore[arg-type]
+                sender=_none(row.mail_from) or default_sender or _none(row.owner_email) or FALLBACK_SENDER,
                 sender_name=row.org_name,
-                reply_to=_none(row.reply_to),  # type: ignore[arg-type]
+                reply_to=_none(row.reply_to),
                 attachments=attachments,
                 metadata={
                     "invoice_number": str(row.number),
@@ -265,7 +264,7 @@ def prepare_messages(
                     "date_line": format_date(
                         deliver_at[aid].astimezone(ZoneInfo(row.timezone)).date(),
                         format="long",
-                        locale=wording_locale(spec, _none(row.language)),  # type: ignore[arg-type]
+                        locale=wording_locale(spec, _none(row.language)),
                     ),
                 },
             )

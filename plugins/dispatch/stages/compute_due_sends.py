@@ -23,14 +23,13 @@ from dispatch.channels.base import Channel
 from dispatch.channels.factory import capabilities
 from dispatch.config.settings import Settings
 from dispatch.people.recovery import requeue_fixed
+from dispatch.rules.batching import DEFAULT_MAX_BATCHES
 from dispatch.rules.scheduling import classify_due
 from dispatch.runtime.runs import RunContext
 from dispatch.sending.claims import settle_abandoned
 from dispatch.storage.bulk import append_rows, update_rows
 from dispatch.storage.schema import action_events, due_sends, invoice_actions, organizations
 from dispatch.storage.session import Database
-
-DEFAULT_MAX_BATCHES = 1024  # Airflow's default max_map_length
 
 
 @dataclass

@@ -25,9 +25,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_
+from sqlalchemy import Engine, and_
 
-from dispatch.channels.base import Channel, ChannelError, FatalChannelError, SendResult, TransientError
+from dispatch.channels.base import (
+    Channel,
+    ChannelError,
+    FatalChannelError,
+    OutgoingMessage,
+    SendResult,
+    TransientError,
+)
 from dispatch.config.settings import Settings
 from dispatch.rules.recipients import pick_recipients
 from dispatch.runtime.runs import RunContext
@@ -74,7 +81,7 @@ class BatchSummary:
 
 def dispatch_batch(
     db: Database,
-    accounting,  # type: ignore[no-untyped-def]
+    accounting: Engine,
     ctx: RunContext,
     batch_no: int,
     channels: dict[str, Channel],
@@ -105,7 +112,7 @@ def dispatch_batch(
 
 def send_claimed(
     db: Database,
-    accounting,  # type: ignore[no-untyped-def]
+    accounting: Engine,
     ctx: RunContext,
     token: str,
     deliver_at: dict[str, dt.datetime],
@@ -225,11 +232,11 @@ def _drop_lease(db: Database, token: str) -> None:
 
 
 def _outcome(
-    message,
+    message: OutgoingMessage,
     result: SendResult | ChannelError,
     attempts: int,
     max_attempts: int,
-    manual: bool,  # type: ignore[no-untyped-def]
+    manual: bool,
 ) -> Outcome:
     recipient = ", ".join(message.recipients)
     if isinstance(result, SendResult):

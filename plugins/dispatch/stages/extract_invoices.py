@@ -29,6 +29,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import pandas as pd
 from sqlalchemy import Connection, Engine, select
@@ -211,7 +212,7 @@ class CustomerBook:
             checked = rules.check_customers(source.read_customers(self.accounting, new.tolist()))
             changed = _sync_customers(conn, checked.usable)
             self.org_of.update(zip(checked.usable["customer_id"], checked.usable["org_id"], strict=True))
-            self.refused.update(checked.refused.to_dict())
+            self.refused.update(cast("dict[str, str]", checked.refused.to_dict()))
             self.unknown.update(set(new) - self.org_of.keys() - self.refused.keys())
         mine = ids[ids.isin(self.org_of.keys())]
         usable = pd.DataFrame({"customer_id": mine, "org_id": mine.map(self.org_of)})
@@ -232,12 +233,14 @@ def extract_invoices(
     chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ExtractSummary()
     with db.read() as conn:
-        marks = dict(
+        marks: dict[str, dt.datetime] = dict(
             conn.execute(
                 select(watermarks.c.name, watermarks.c.value).where(
                     watermarks.c.name.in_([WATERMARK, READ_UNTIL])
                 )
-            ).all()
+            )
+            .tuples()
+            .all()
         )
         known_orgs = set(conn.execute(select(organizations.c.org_id)).scalars())
     newest_mark, read_until = marks.get(WATERMARK), marks.get(READ_UNTIL)

@@ -137,7 +137,9 @@ def pull_bounces(
     finally:
         if own_api:
             api.close()
-    summary.entries = entries["kind"].value_counts().to_dict() if not entries.empty else {}
+    summary.entries = (
+        {str(k): int(n) for k, n in entries["kind"].value_counts().items()} if not entries.empty else {}
+    )
 
     with db.tx() as conn:
         matches = match_sent_actions(conn, entries)
@@ -244,8 +246,9 @@ def mark_bounced(conn: Connection, matches: pd.DataFrame, ctx: RunContext) -> in
         return 0
     a = invoice_actions.c
     detail = {
-        rec.action_id: (
-            f"{rec.kind.replace('_', ' ')}: {rec.email} at {rec.created:%Y-%m-%d %H:%M:%S}Z: {rec.reason}"
+        str(rec.action_id): (
+            f"{str(rec.kind).replace('_', ' ')}: {rec.email!s} "
+            f"at {rec.created:%Y-%m-%d %H:%M:%S}Z: {rec.reason!s}"
         )[:1000]
         for rec in matches.itertuples(index=False)
     }

@@ -133,14 +133,16 @@ def outcome_totals(conn: Connection) -> dict[str, int]:
 
 def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
     """What this run did, from the event log and the import columns."""
-    events = dict(
+    events: dict[str, int] = dict(
         conn.execute(
             select(action_events.c.event, func.count())
             .where(action_events.c.run_id == run_id)
             .group_by(action_events.c.event)
-        ).all()
+        )
+        .tuples()
+        .all()
     )
-    manual_reasons = dict(
+    manual_reasons: dict[str, int] = dict(
         conn.execute(
             select(A.c.manual_reason, func.count())
             .select_from(action_events.join(A, A.c.action_id == action_events.c.action_id))
@@ -148,7 +150,9 @@ def run_counts(conn: Connection, run_id: str) -> dict[str, int]:
                 action_events.c.run_id == run_id, action_events.c.event == "manual", A.c.status == "manual"
             )
             .group_by(A.c.manual_reason)
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     imported = conn.execute(
         select(func.count()).select_from(invoices).where(invoices.c.first_seen_run_id == run_id)

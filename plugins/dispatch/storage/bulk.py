@@ -45,7 +45,7 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def dialect_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-def]
+def dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT construct, which knows ``on_conflict_do_*``."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -93,8 +93,8 @@ def _copy_text(target: Table, frame: pd.DataFrame) -> str:
             if getattr(col.dt, "tz", None) is not None:
                 col = col.dt.tz_convert("UTC").dt.tz_localize(None)
             values = col.to_numpy(dtype="datetime64[us]")
-            text = np.char.add(np.datetime_as_string(values, unit="us"), "+00")
-            col = pd.Series(text, index=col.index, dtype=object).where(~np.isnat(values), None)
+            stamps = np.char.add(np.datetime_as_string(values, unit="us"), "+00")
+            col = pd.Series(stamps, index=col.index, dtype=object).where(~np.isnat(values), None)
         elif isinstance(col_type, Integer) and pd.api.types.is_float_dtype(col.dtype):
             col = col.astype("Int64")  # NaN made a float of an integer column: '3.0' is no integer
         elif col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
@@ -171,16 +171,14 @@ def insert_ignore(
             .from_select(names, stage.select())
             .on_conflict_do_nothing(index_elements=list(keys))
         )
-        if ret_cols:
-            stmt = stmt.returning(*ret_cols)
-        result = conn.execute(stmt)
+        result = conn.execute(stmt.returning(*ret_cols) if ret_cols else stmt)
         out = [tuple(r) for r in result.all()] if ret_cols else None
         _unstage(conn, stage)
         return out
-    stmt = dialect_insert(conn, table).on_conflict_do_nothing(index_elements=list(keys))
+    ignoring = dialect_insert(conn, table).on_conflict_do_nothing(index_elements=list(keys))
     if ret_cols:
-        return [tuple(r) for r in conn.execute(stmt.returning(*ret_cols), _as_records(rows)).all()]
-    conn.execute(stmt, _as_records(rows))
+        return [tuple(r) for r in conn.execute(ignoring.returning(*ret_cols), _as_records(rows)).all()]
+    conn.execute(ignoring, _as_records(rows))
     return None
 
 

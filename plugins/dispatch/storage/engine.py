@@ -9,8 +9,9 @@ SQLAlchemy's documentation recommends).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -52,8 +53,8 @@ def make_engine(url: str, *, readonly: bool = False, name: str | None = None) ->
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
         _sqlite_transactions(engine, readonly=readonly)
-        if missing is not None:
-            _refuse_to_create(engine, Path(db), missing)  # type: ignore[arg-type]
+        if missing is not None and db:
+            _refuse_to_create(engine, Path(db), missing)
         return engine
     # Bulk writes go through COPY (dispatch.storage.bulk), so no INSERT page size is tuned here.
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -64,14 +65,14 @@ def _refuse_to_create(engine: Engine, path: Path, error: MissingDatabaseError) -
     source must not fail for it), before SQLite would create an empty file."""
 
     @event.listens_for(engine, "do_connect")
-    def _check(*_args):  # type: ignore[no-untyped-def]
+    def _check(*_args: object) -> None:
         if not path.is_file():
             raise error
 
 
 def _sqlite_transactions(engine: Engine, *, readonly: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _connect(dbapi_connection: Any, _record: object) -> None:  # the sqlite3 connection
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA busy_timeout = 60000")
@@ -81,7 +82,7 @@ def _sqlite_transactions(engine: Engine, *, readonly: bool) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
+    def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 

@@ -60,23 +60,21 @@ def explain(exc: BaseException) -> str | None:
 
     pandas wraps the driver's error in its own ``DatabaseError``: the chain is followed."""
     seen = 0
-    while exc is not None and not isinstance(exc, DBAPIError) and seen < 10:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    link: BaseException | None = exc
+    while link is not None and not isinstance(link, DBAPIError) and seen < 10:
+        link = link.__cause__ or link.__context__
         seen += 1
-    if not isinstance(exc, DBAPIError):
+    if not isinstance(link, DBAPIError):
         return None
+    exc = link
     message = str(exc.orig) if exc.orig is not None else str(exc)
     lowered = message.lower()
     query = _source_query(exc.statement)
     if isinstance(exc, OperationalError | ProgrammingError):
         table = _MISSING_TABLE.search(message)
         column = _MISSING_COLUMN.search(message)
-        if table or column:
-            what = (
-                f"table {table.group(1) or table.group(2)}"
-                if table
-                else f"column {column.group(1) or column.group(2)}"  # type: ignore[union-attr]
-            )
+        if found := table or column:
+            what = f"{'table' if table else 'column'} {found.group(1) or found.group(2)}"
             if query:
                 return (
                     f"the accounting database has no {what} (query {query}); the tables and columns "

@@ -27,7 +27,23 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+from dispatch.vocabulary import (
+    AccountingStatus,
+    ActionStatus,
+    ChannelName,
+    DeliveryProvider,
+    DeliveryState,
+    ManualReason,
+    PlanLevel,
+    RunStatus,
+    SendingStatus,
+    SentHow,
+    StuckReason,
+    values,
+)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,41 +54,18 @@ NAMING = {
 }
 metadata = MetaData(naming_convention=NAMING)
 
-SENDING_STATUSES = ("to_send", "sent", "not_required", "cancelled")
-SENT_HOW = ("automatic", "manual", "ignored", "marked_sent")
-ACTION_STATUSES = ("scheduled", "sending", "sent", "manual", "ignored", "cancelled")
-MANUAL_REASONS = (
-    "manual_template",
-    "no_contact",
-    "invalid_contact",
-    "template_error",
-    "provider_rejected",
-    "provider_error",
-    "delivery_unknown",
-    "bounced",
-    "missing_pdf",  # beyond the contract: the invoice's PDF file is not where pdf_path says
-    "pdf_outside_root",  # beyond the contract: pdf_path leads outside DISPATCH_PDF_ROOT (never read)
-    "invalid_pdf",  # beyond the contract: not a regular file, over the size limit, or not a PDF
-)
-CHANNELS = ("email", "letter", "sms")
-ACCOUNTING_STATUSES = ("open", "paid", "void")
-PLAN_LEVELS = ("customer", "invoice")
-RUN_STATUSES = ("running", "succeeded", "failed")
-DELIVERY_PROVIDERS = ("sendgrid", "twilio", "printapi")
-#: what a provider's delivery event means for the invoice (``delivery_events.state``), in the
-#: order a message goes through them: the latest state of a recipient is the furthest one
-DELIVERY_STATES = (
-    "other",  # says nothing about the invoice reaching the customer (kept all the same)
-    "accepted",  # the provider took the message in (SendGrid processed, Twilio queued, letter created)
-    "deferred",  # the receiving side asked to try again later
-    "in_transit",  # on its way (Twilio handed it to the carrier; a letter mailed, in the postal stream)
-    "delivered",  # it reached the recipient's mailbox, phone or letterbox
-    "opened",  # the recipient opened it (e-mail open tracking, a read receipt)
-    "clicked",  # the recipient followed a link in it
-    "unsubscribed",  # the recipient unsubscribed
-    "complained",  # the recipient reported it as spam
-    "bounced",  # it did not reach the recipient: bounced, dropped, undelivered, failed, returned
-)
+# The values each CHECK constraint allows, taken from the enums of dispatch.vocabulary (one
+# definition; the migrations keep the same text frozen, and a test compares the two schemas).
+SENDING_STATUSES = values(SendingStatus)
+SENT_HOW = values(SentHow)
+ACTION_STATUSES = values(ActionStatus)
+MANUAL_REASONS = values(ManualReason)
+CHANNELS = values(ChannelName)
+ACCOUNTING_STATUSES = values(AccountingStatus)
+PLAN_LEVELS = values(PlanLevel)
+RUN_STATUSES = values(RunStatus)
+DELIVERY_PROVIDERS = values(DeliveryProvider)
+DELIVERY_STATES = values(DeliveryState)
 
 
 def _in(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
@@ -93,7 +86,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):  # type: ignore[override]
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -101,7 +94,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value, dialect):  # type: ignore[override]
+    def process_result_value(self, value: dt.datetime | str | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
@@ -148,7 +141,7 @@ plans = Table(
     # the plan's current invoice-sending template (NULL: none); see invoice_templates
     Column("template_id", String(96)),
     CheckConstraint(_in("level", PLAN_LEVELS), name="level"),
-    CheckConstraint("level = 'customer' OR template_id IS NULL", name="template_level"),
+    CheckConstraint(f"level = '{PlanLevel.CUSTOMER}' OR template_id IS NULL", name="template_level"),
 )
 
 # Templates are immutable versions: editing a plan's template in the config creates a new
@@ -254,7 +247,9 @@ invoice_actions = Table(
     CheckConstraint(_in("status", ACTION_STATUSES), name="status"),
     CheckConstraint(_in("manual_reason", MANUAL_REASONS, nullable=True), name="manual_reason"),
     CheckConstraint(_in("channel", CHANNELS), name="channel"),
-    CheckConstraint("status <> 'manual' OR manual_reason IS NOT NULL", name="manual_has_reason"),
+    CheckConstraint(
+        f"status <> '{ActionStatus.MANUAL}' OR manual_reason IS NOT NULL", name="manual_has_reason"
+    ),
     Index(None, "status", "scheduled_for"),
     Index(None, "org_id", "status"),
     Index(None, "provider_message_id"),  # delivery events find their action by it (0007)
@@ -326,7 +321,7 @@ dispatch_runs = Table(
     Column("horizon", UTCDateTime),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
-    Column("status", String(16), nullable=False, server_default="running"),
+    Column("status", String(16), nullable=False, server_default=RunStatus.RUNNING.value),
     Column("counts", JSON),
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
 )
@@ -459,7 +454,7 @@ VIEWS = {
 }
 
 # stuck_invoices.reason values beside the manual reasons
-STUCK_REASONS = ("no_plan", "no_template", "dead_run", *MANUAL_REASONS)
+STUCK_REASONS = (*values(StuckReason), *MANUAL_REASONS)
 
 
 _STATE_RANK = (

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
+from typing import Any, cast
 
 import pandas as pd
 from sqlalchemy import Engine, bindparam, text
@@ -25,7 +26,7 @@ def sql_text(name: str) -> str:
     return (resolve(SQL_DIR) / name).read_text(encoding="utf-8")
 
 
-def _instant(engine: Engine, value: dt.datetime) -> object:
+def _instant(engine: Engine, value: dt.datetime) -> dt.datetime | str:
     """Bind an instant the way the accounting database stores it (naive UTC)."""
     naive = value.astimezone(dt.UTC).replace(tzinfo=None)
     if engine.dialect.name == "sqlite":
@@ -48,7 +49,9 @@ def stream_changed_invoices(
 
         def frames() -> Iterator[pd.DataFrame]:
             for rows in result.partitions(chunk_rows):
-                yield pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
+                yield pd.DataFrame.from_records(
+                    cast("list[tuple[Any, ...]]", rows), columns=columns, coerce_float=True
+                )
 
         try:
             yield frames()

@@ -22,7 +22,8 @@ def sends_chart(df: pd.DataFrame, first: dt.date, last: dt.date) -> str:
         else pd.DataFrame()
     )
     channels = [c for c in COLOURS if c in table.columns]
-    totals = [int(table.loc[d].sum()) if d in table.index else 0 for d in days]
+    cells = table.to_dict()  # channel → {day → invoices}
+    totals = [int(sum(cells[c].get(d, 0) for c in cells)) for d in days]
     top = max([*totals, 1])
     plot_w, plot_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_TOP - PAD_BOTTOM
     bar = plot_w / len(days)
@@ -39,9 +40,9 @@ def sends_chart(df: pd.DataFrame, first: dt.date, last: dt.date) -> str:
     ]
     for n, day in enumerate(days):
         x = PAD_LEFT + n * bar + 1
-        y = PAD_TOP + plot_h
+        y: float = PAD_TOP + plot_h
         for channel in channels:
-            value = int(table.at[day, channel]) if day in table.index else 0
+            value = int(cells[channel].get(day, 0))
             if not value:
                 continue
             h = plot_h * value / top

@@ -221,7 +221,7 @@ def sends_per_day(engine: Engine, since: dt.date) -> pd.DataFrame:
         "SELECT day, COALESCE(channel, 'none') AS channel, SUM(invoices) AS invoices FROM daily_sends "
         "WHERE day >= :since GROUP BY day, COALESCE(channel, 'none') ORDER BY day"
     )
-    since_param: object = since.isoformat() if engine.dialect.name == "sqlite" else since
+    since_param: str | dt.date = since.isoformat() if engine.dialect.name == "sqlite" else since
     with engine.connect() as conn:
         df = pd.read_sql(sql, conn, params={"since": since_param})
     df["day"] = pd.to_datetime(df["day"]).dt.date

@@ -263,7 +263,7 @@ def build_letter_pdf(
 def read_letter_metadata(pdf: bytes | Path) -> dict[str, str]:
     """The document-information entries of a letter (keys without the leading slash)."""
     source = io.BytesIO(pdf) if isinstance(pdf, bytes) else pdf
-    info = PdfReader(source, strict=False).metadata or {}
+    info: Mapping[str, object] = PdfReader(source, strict=False).metadata or {}
     return {str(key).lstrip("/"): str(value) for key, value in info.items()}
 
 

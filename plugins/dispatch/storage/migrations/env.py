@@ -11,7 +11,10 @@ connection = config.attributes.get("connection")
 if connection is None:  # plain `alembic` command line: build an engine from the URL
     from dispatch.storage.engine import make_engine
 
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("alembic: set sqlalchemy.url (dispatch db init passes its own connection)")
+    engine = make_engine(url)
     with engine.begin() as conn:
         context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
         context.run_migrations()

@@ -196,7 +196,12 @@ def invoice(invoice_id: str, web: Context, user: User) -> dict[str, Any]:
 def runs(web: Context, user: User, limit: int = 20) -> list[dict[str, Any]]:
     """The recorded runs, newest first, with their counts (as ``dispatch runs --json``)."""
     operations.require_schema(web.engine)
-    return _records(list_runs(web.engine, max(1, min(limit, 1000))).to_dict("records"))
+    return _records(
+        [
+            {str(k): v for k, v in r.items()}
+            for r in list_runs(web.engine, max(1, min(limit, 1000))).to_dict("records")
+        ]
+    )
 
 
 # Each page's JSON twin at the same URL with ``.json`` (as Datasette does), so the page and

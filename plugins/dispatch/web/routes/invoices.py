@@ -78,16 +78,18 @@ def mark_selected(
     q: Text = None,
 ) -> HTMLResponse:
     """Mark selected as sent: nothing is sent; each open action is closed (R14)."""
-    filters = {"status": status or None, "q": q or None}
+    status, q = status or None, q or None
     if not selected:
         return _list(
-            request, web, **filters, flash="Nothing selected: tick the invoices.", flash_kind="error"
+            request, web, status=status, q=q, flash="Nothing selected: tick the invoices.", flash_kind="error"
         )
     try:
         result = operations.mark_sent(web.db, selected, now(), actor=user)
     except DispatchError as exc:
-        return _list(request, web, **filters, flash=str(exc), flash_kind="error", status_code=status_of(exc))
-    return _list(request, web, **filters, flash=result.summary("marked as sent"))
+        return _list(
+            request, web, status=status, q=q, flash=str(exc), flash_kind="error", status_code=status_of(exc)
+        )
+    return _list(request, web, status=status, q=q, flash=result.summary("marked as sent"))
 
 
 def _invoice(

@@ -46,7 +46,12 @@ def _choices(web: WebContext) -> dict[str, list[str]]:
     with web.engine.connect() as conn:
         people = conn.execute(select(users.c.user_id).order_by(users.c.user_id)).scalars().all()
         orgs = conn.execute(select(organizations.c.org_id).order_by(organizations.c.org_id)).scalars().all()
-    return {"owners": people, "orgs": orgs, "reasons": list(MANUAL_REASONS), "channels": list(CHANNELS)}
+    return {
+        "owners": list(people),
+        "orgs": list(orgs),
+        "reasons": list(MANUAL_REASONS),
+        "channels": list(CHANNELS),
+    }
 
 
 def page(
