@@ -38,7 +38,7 @@ def test_every_table_column_and_value_is_documented() -> None:
     values = (
         schema.SENDING_STATUSES + schema.SENT_HOW + schema.ACTION_STATUSES + schema.MANUAL_REASONS
         + schema.CHANNELS + schema.ACCOUNTING_STATUSES + schema.PLAN_LEVELS + schema.RUN_STATUSES
-        + EVENTS + OUTCOMES + schema.STUCK_REASONS
+        + EVENTS + OUTCOMES + schema.STUCK_REASONS + schema.DELIVERY_PROVIDERS + schema.DELIVERY_STATES
     )  # fmt: skip
     missing += [v for v in values if not _named(v)]
     assert missing == []
@@ -46,6 +46,8 @@ def test_every_table_column_and_value_is_documented() -> None:
         assert f"| `{reason}` |" in DOC, reason
     for event in EVENTS:
         assert f"| `{event}` |" in DOC, event
+    for state in schema.DELIVERY_STATES:
+        assert f"| `{state}` |" in DOC, state
 
 
 def test_every_view_and_its_columns_are_documented(w: World) -> None:

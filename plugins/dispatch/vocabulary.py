@@ -112,7 +112,7 @@ class EventName(StrEnum):
     RELEASED = "released"  # a claim given back untouched (a fatal provider error stopped the batch)
     SETTLED_SENT = "settled_sent"  # a dead run's claim: the provider has the message
     CLAIM_RELEASED = "claim_released"  # a dead run's claim: never handed over, back to scheduled
-    BOUNCED = "bounced"  # SendGrid reported the sent e-mail bounced, blocked or invalid
+    BOUNCED = "bounced"  # the provider reported the sent message did not reach the customer
     IGNORED = "ignored"  # a person ignored it (the invoice counts as sent)
     MARKED_SENT = "marked_sent"  # a person marked the invoice as sent
     TEMPLATE_REFRESHED = "template_refreshed"  # moved to the plan's current template version
@@ -126,6 +126,30 @@ class StuckReason(StrEnum):
     NO_PLAN = "no_plan"
     NO_TEMPLATE = "no_template"
     DEAD_RUN = "dead_run"
+
+
+class DeliveryProvider(StrEnum):
+    """``delivery_events.provider``: whose signed webhook reported the event (docs/webhooks.md)."""
+
+    SENDGRID = "sendgrid"
+    TWILIO = "twilio"
+    PRINTAPI = "printapi"
+
+
+class DeliveryState(StrEnum):
+    """``delivery_events.state``: what a provider's delivery event means for the invoice, in the
+    order a message goes through them (the latest state of a recipient is the furthest one)."""
+
+    OTHER = "other"  # says nothing about the invoice reaching the customer (kept all the same)
+    ACCEPTED = "accepted"  # the provider took it in (SendGrid processed, Twilio queued, letter created)
+    DEFERRED = "deferred"  # the receiving side asked to try again later
+    IN_TRANSIT = "in_transit"  # on its way (Twilio handed it to the carrier; a letter in the mail)
+    DELIVERED = "delivered"  # it reached the recipient's mailbox, phone or letterbox
+    OPENED = "opened"  # the recipient opened it (e-mail open tracking, a read receipt)
+    CLICKED = "clicked"  # the recipient followed a link in it
+    UNSUBSCRIBED = "unsubscribed"  # the recipient unsubscribed
+    COMPLAINED = "complained"  # the recipient reported it as spam
+    BOUNCED = "bounced"  # it did not reach the recipient: bounced, dropped, undelivered, failed, returned
 
 
 def values(kind: type[StrEnum]) -> tuple[str, ...]:

@@ -93,6 +93,11 @@ class Settings:
     #: signs sessions and CSRF tokens; default: derived from the web token (standalone) or
     #: random per process (inside Airflow: set it when the api-server runs several workers)
     web_secret: str | None = _secret()
+    # --- delivery webhooks (issue 13): the keys that check the providers' signatures ---------
+    #: SendGrid's Event Webhook verification key (base64, Mail Settings › Signed Event Webhook)
+    sendgrid_webhook_public_key: str | None = None
+    #: the print API's webhook secret (HMAC-SHA256 of "<timestamp>.<body>", Lob's scheme)
+    printapi_webhook_secret: str | None = _secret()
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -160,6 +165,13 @@ ENV_NAMES: dict[str, str] = {
     "web_token": "DISPATCH_WEB_TOKEN",
     "web_secret": "DISPATCH_WEB_SECRET",
 }
+# delivery webhooks (issue 13); Twilio's callbacks are checked with TWILIO_AUTH_TOKEN
+ENV_NAMES.update(
+    {
+        "sendgrid_webhook_public_key": "SENDGRID_WEBHOOK_PUBLIC_KEY",
+        "printapi_webhook_secret": "PRINTAPI_WEBHOOK_SECRET",
+    }
+)
 
 
 # Allowed ranges of the numeric settings, inclusive: (low, high). The upper bounds are far
@@ -314,6 +326,9 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
         values["sendgrid_api_key"] = conn.get("password")
         if conn.get("host"):
             values["sendgrid_api_host"] = str(conn["host"])
+        extra = conn.get("extra") or {}
+        if isinstance(extra, Mapping):  # delivery webhooks (issue 13)
+            values["sendgrid_webhook_public_key"] = extra.get("webhook_public_key")
     if conn := lookup("twilio_default"):
         values["twilio_account_sid"] = conn.get("login")
         values["twilio_auth_token"] = conn.get("password")
@@ -342,6 +357,7 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
         if isinstance(extra, Mapping):
             values["printapi_from_address"] = extra.get("from_address")
             values["printapi_default_country"] = extra.get("default_country")
+            values["printapi_webhook_secret"] = extra.get("webhook_secret")  # delivery webhooks (issue 13)
     return {k: v for k, v in values.items() if v not in (None, "")}
 
 

@@ -108,6 +108,11 @@ def as_table(df: pd.DataFrame, columns: list[str] | None = None, width: int = WI
 # A manual action's reason as the person who fixes it reads it: what is wrong and what to do.
 _CONTACT = {"email": "an e-mail address", "sms": "a mobile number", "letter": "a postal address"}
 _THE_CONTACT = {"email": "the e-mail address", "sms": "the mobile number", "letter": "the postal address"}
+_BOUNCED = {
+    "email": "The e-mail bounced",
+    "sms": "The SMS was not delivered",
+    "letter": "The letter came back",
+}
 
 
 def reason_in_words(
@@ -126,7 +131,8 @@ def reason_in_words(
         "provider_rejected": f"The provider refused it: fix {the_contact} of {who} or the message.",
         "provider_error": "The provider kept failing: send again later.",
         "delivery_unknown": "The provider never said whether it went out: check with it before sending.",
-        "bounced": f"The e-mail bounced: fix the e-mail address of {who}, then send.",
+        # the provider's reason is in the detail (docs/webhooks.md)
+        "bounced": f"{_BOUNCED.get(channel, 'It did not arrive')}: fix {the_contact} of {who}, then send.",
         "missing_pdf": "The invoice PDF is not where the accounting system says: put it there, then send.",
         "pdf_outside_root": "The invoice PDF lies outside the invoice folder: move it there, then send.",
         "invalid_pdf": "The invoice PDF is not a valid PDF or is too large: replace it, then send.",

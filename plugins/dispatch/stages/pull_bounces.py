@@ -16,6 +16,14 @@ turned into a task by a bounce today; several invoices sent to a dead mailbox th
 all are. A person checks each one: a false alarm costs a look, a missed bounce costs an
 invoice nobody received.
 
+Webhooks first. When the providers' signed webhooks are set up (``dispatch.delivery``,
+docs/webhooks.md) a bounce reaches the to-do list within seconds and this pull is the
+fallback. The stage starts by matching the delivery events still unmatched (those that came
+before their send's write, or while the web app could not reach the database's newest
+actions) over :data:`dispatch.delivery.matching.MATCH_WINDOW`, with their consequences.
+Both paths move an action only while it is ``sent``, so a bounce seen by both makes one
+manual action and one event, whichever comes first.
+
 Watermark. ``watermarks['sendgrid.suppressions']`` holds the end of the last pull (the as-of
 instant of its run). The next pull reads from a little before it (:data:`LOOKBACK`, for
 entries SendGrid lists late) to its own as-of instant; the actions and the watermark move in
@@ -36,6 +44,8 @@ from dispatch.channels.base import ChannelError
 from dispatch.channels.retry import RetryPolicy, call_with_retry
 from dispatch.channels.sendgrid import PROVIDER, SendGridApi, pause
 from dispatch.config.settings import Settings
+from dispatch.delivery import matching
+from dispatch.delivery.consequences import apply_consequences
 from dispatch.runtime.runs import RunContext
 from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, upsert
@@ -71,6 +81,9 @@ class BounceSummary:
     entries: dict[str, int] = field(default_factory=dict)
     matched: int = 0
     bounced: int = 0
+    #: delivery events (webhooks) this pull matched to their actions, and the actions they bounced
+    webhook_matched: int = 0
+    webhook_bounced: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -80,6 +93,8 @@ class BounceSummary:
             "entries": dict(self.entries),
             "matched": self.matched,
             "bounced": self.bounced,
+            "webhook_matched": self.webhook_matched,
+            "webhook_bounced": self.webhook_bounced,
         }
 
 
@@ -100,6 +115,7 @@ def pull_bounces(
     unavailable after the retries); nothing is changed then.
     """
     summary = BounceSummary()
+    summary.webhook_matched, summary.webhook_bounced = match_delivery_events(db, ctx)
     if api is None and settings.email_backend != PROVIDER:
         summary.skipped = f"the e-mail backend is {settings.email_backend}, not sendgrid"
         return summary
@@ -134,6 +150,17 @@ def pull_bounces(
     if summary.bounced:
         log.warning("bounces: %d sent e-mails became manual 'bounced'", summary.bounced)
     return summary
+
+
+def match_delivery_events(db: Database, ctx: RunContext) -> tuple[int, int]:
+    """Match the webhooks' delivery events still unmatched and apply their consequences
+    (whatever the e-mail backend: SMS and letters have webhooks too); (matched, bounced)."""
+    with db.tx() as conn:
+        matched = matching.match_received_since(conn, ctx.as_of - matching.MATCH_WINDOW)
+        bounced = apply_consequences(conn, matched, at=ctx.as_of, run_id=ctx.run_id)
+    if bounced:
+        log.warning("bounces: %d sent actions became manual 'bounced' from delivery webhooks", bounced)
+    return len(matched), bounced
 
 
 def fetch_entries(

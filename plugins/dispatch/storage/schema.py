@@ -34,6 +34,8 @@ from dispatch.vocabulary import (
     AccountingStatus,
     ActionStatus,
     ChannelName,
+    DeliveryProvider,
+    DeliveryState,
     ManualReason,
     PlanLevel,
     RunStatus,
@@ -62,6 +64,8 @@ CHANNELS = values(ChannelName)
 ACCOUNTING_STATUSES = values(AccountingStatus)
 PLAN_LEVELS = values(PlanLevel)
 RUN_STATUSES = values(RunStatus)
+DELIVERY_PROVIDERS = values(DeliveryProvider)
+DELIVERY_STATES = values(DeliveryState)
 
 
 def _in(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
@@ -248,6 +252,7 @@ invoice_actions = Table(
     ),
     Index(None, "status", "scheduled_for"),
     Index(None, "org_id", "status"),
+    Index(None, "provider_message_id"),  # delivery events find their action by it (0007)
 )
 
 action_events = Table(
@@ -264,6 +269,32 @@ action_events = Table(
     Column("template_id", String(96)),  # the template version the event sent or re-queued with
     Index(None, "action_id"),
     Index(None, "run_id", "event"),  # a run's counts read its own events (0003)
+)
+
+# One row per provider delivery event (0007): SendGrid's Event Webhook, Twilio's status
+# callbacks, the print API's letter tracking events. ``action_id`` stays NULL until the event
+# is matched to the action whose send recorded ``provider_message_id`` (an event may arrive
+# before the send's write, or be about a message this database never sent).
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("delivery_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("provider", String(16), nullable=False),
+    Column("provider_event_id", String(255), nullable=False),
+    Column("provider_message_id", String(255)),
+    Column("action_id", String(64)),
+    Column("event", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("recipient", Text),
+    Column("reason", Text),
+    Column("occurred_at", UTCDateTime),  # the provider's time of the event (NULL: it gives none)
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    CheckConstraint(_in("provider", DELIVERY_PROVIDERS), name="provider"),
+    CheckConstraint(_in("state", DELIVERY_STATES), name="state"),
+    UniqueConstraint("provider", "provider_event_id"),
+    Index(None, "provider", "provider_message_id"),
+    Index(None, "action_id", "received_at"),
 )
 
 rejected_invoices = Table(
@@ -339,9 +370,11 @@ due_sends = Table(
 )
 
 
-# --- analysts' views (migration 0006; docs/data-dictionary.md) ----------------------------
-# The migration keeps its own frozen copy of these bodies; a test checks both agree. The
-# views of 0001 (invoice_status, todo_invoicing, …) are defined in that migration alone.
+# --- analysts' views (migrations 0005 and 0007; docs/data-dictionary.md) ----------------------
+# The migration that last defined a view keeps its own frozen copy of its body; a test checks
+# both agree. The views of 0001 (invoice_status, todo_invoicing, …) are defined there alone.
+# ``delivery_status`` shows the latest state of the action's current message per recipient:
+# the furthest state reached (DELIVERY_STATES order), whatever the order events arrived in.
 
 _UTC_DAY = {
     "postgresql": "CAST((i.sent_at AT TIME ZONE 'UTC') AS DATE)",
@@ -351,9 +384,22 @@ _UTC_DAY = {
 VIEWS = {
     "daily_sends": """
         SELECT {utc_day} AS day, i.org_id, a.channel, i.sent_how AS how,
-               COUNT(*) AS invoices
+               COUNT(*) AS invoices,
+               COALESCE(SUM(d.delivered), 0) AS delivered,
+               COALESCE(SUM(d.opened), 0) AS opened,
+               COALESCE(SUM(d.bounced), 0) AS bounced
         FROM invoices i
         LEFT JOIN invoice_actions a ON a.invoice_id = i.invoice_id
+        LEFT JOIN (
+          SELECT action_id,
+                 MAX(CASE WHEN state IN ('delivered', 'opened', 'clicked', 'unsubscribed', 'complained')
+                     THEN 1 ELSE 0 END) AS delivered,
+                 MAX(CASE WHEN state IN ('opened', 'clicked') THEN 1 ELSE 0 END) AS opened,
+                 MAX(CASE WHEN state = 'bounced' THEN 1 ELSE 0 END) AS bounced
+          FROM delivery_events
+          WHERE action_id IS NOT NULL
+          GROUP BY action_id
+        ) d ON d.action_id = a.action_id
         WHERE i.sending_status = 'sent' AND i.sent_at IS NOT NULL
         GROUP BY {utc_day}, i.org_id, a.channel, i.sent_how
     """,
@@ -386,12 +432,38 @@ VIEWS = {
                OR a.status = 'manual'
                OR (a.status = 'sending' AND (r.run_id IS NULL OR r.status <> 'running')))
     """,
+    "delivery_status": """
+        SELECT action_id, invoice_id, channel, provider, recipient, state, event, reason, at, events
+        FROM (
+          SELECT d.action_id, a.invoice_id, a.channel, d.provider,
+                 COALESCE(d.recipient, a.recipient) AS recipient, d.state, d.event, d.reason,
+                 COALESCE(d.occurred_at, d.received_at) AS at,
+                 COUNT(*) OVER (PARTITION BY d.action_id, d.recipient) AS events,
+                 ROW_NUMBER() OVER (
+                   PARTITION BY d.action_id, d.recipient
+                   ORDER BY {state_rank} DESC, COALESCE(d.occurred_at, d.received_at) DESC,
+                            d.delivery_id DESC
+                 ) AS latest
+          FROM delivery_events d
+          JOIN invoice_actions a
+            ON a.action_id = d.action_id AND a.provider_message_id = d.provider_message_id
+          WHERE d.state <> 'other'
+        ) ranked
+        WHERE latest = 1
+    """,
 }
 
 # stuck_invoices.reason values beside the manual reasons
 STUCK_REASONS = (*values(StuckReason), *MANUAL_REASONS)
 
 
+_STATE_RANK = (
+    "CASE d.state "
+    + " ".join(f"WHEN '{state}' THEN {rank}" for rank, state in enumerate(DELIVERY_STATES))
+    + " END"
+)
+
+
 def view_sql(name: str, dialect: str) -> str:
     """The body of view ``name`` for a database dialect (``sqlite`` or ``postgresql``)."""
-    return VIEWS[name].format(utc_day=_UTC_DAY.get(dialect, _UTC_DAY["postgresql"]))
+    return VIEWS[name].format(utc_day=_UTC_DAY.get(dialect, _UTC_DAY["postgresql"]), state_rank=_STATE_RANK)

@@ -143,10 +143,21 @@ def invoice_detail(engine: Engine, invoice_id: str) -> dict[str, Any] | None:
                 params={"id": invoice_id},
             ).rename(columns={"at": "created_at"})
         )
+        # each recipient's latest delivery state, from the providers' webhooks (docs/webhooks.md)
+        deliveries = pd.read_sql(
+            text(
+                "SELECT recipient, state, event, provider, reason, at FROM delivery_status "
+                "WHERE invoice_id = :id ORDER BY recipient"
+            ),
+            conn,
+            params={"id": invoice_id},
+        )
+        deliveries["at"] = pd.to_datetime(deliveries["at"], utc=True, format="ISO8601")
     return {
         "invoice": dict(row._mapping),
         "action": dict(action._mapping) if action is not None else None,
         "events": events.to_dict("records"),
+        "deliveries": deliveries.to_dict("records"),
     }
 
 

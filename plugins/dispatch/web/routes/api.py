@@ -179,7 +179,8 @@ def invoices(
 
 @router.get("/invoices/{invoice_id}")
 def invoice(invoice_id: str, web: Context, user: User) -> dict[str, Any]:
-    """One invoice: its statuses, its action and its events, oldest first."""
+    """One invoice: its statuses, its action, its events oldest first, and each recipient's
+    latest delivery state (the providers' webhooks)."""
     detail = queries.invoice_detail(web.engine, invoice_id)
     if detail is None:
         raise HTTPException(status_code=404, detail=f"unknown invoice id: {invoice_id}")
@@ -187,6 +188,7 @@ def invoice(invoice_id: str, web: Context, user: User) -> dict[str, Any]:
         "invoice": _records([detail["invoice"]])[0],
         "action": _records([detail["action"]])[0] if detail["action"] else None,
         "events": _records(detail["events"]),
+        "deliveries": _records(detail["deliveries"]),  # each recipient's latest delivery state
     }
 
 

@@ -1,6 +1,6 @@
 """Providers' delivery webhooks (CONTRACT §8): endpoints that need no session, because each
-request is checked against its provider's signature instead."""
+request is checked against its provider's signature instead (:mod:`.routes`)."""
 
-from fastapi import APIRouter
+from dispatch.web.webhooks.routes import router
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+__all__ = ["router"]
