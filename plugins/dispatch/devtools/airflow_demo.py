@@ -30,6 +30,7 @@ from sqlalchemy import select
 from dispatch.config.settings import Settings, load_settings
 from dispatch.devtools.demo_data import apply_accounting_changes
 from dispatch.devtools.demo_runner import announce, day_line, demo_days, prepare, print_summary
+from dispatch.devtools.demo_webhooks import run_with_own_web
 from dispatch.paths import repo_root, resolve
 from dispatch.storage.engine import make_engine
 from dispatch.storage.schema import dispatch_runs
@@ -169,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         'The UI: eval "$(.venv/bin/python -m dispatch.devtools.airflow_demo --env)" && airflow standalone'
         "   (see docs/airflow.md)"
     )
+    # The providers' delivery events for the demo's sent e-mails, posted signed to the demo's
+    # web app, so that the invoice pages show delivered and opened (docs/webhooks.md).
+    run_with_own_web(settings)
     print_pages(settings)
 
 
