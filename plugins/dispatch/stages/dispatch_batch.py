@@ -136,7 +136,7 @@ def send_claimed(
         recipients,
         deliver_at,
         default_sender=settings.mail_from,
-        today=ctx.as_of.date(),
+        as_of=ctx.as_of,
         pdf_root=settings.pdf_root,
         pdf_max_bytes=settings.pdf_max_bytes,
     )
@@ -234,10 +234,10 @@ def _outcome(
     recipient = ", ".join(message.recipients)
     if isinstance(result, SendResult):
         return Outcome(
-            message.action_id,
-            message.invoice_id,
-            "sent",
-            "sent_manually" if manual else "sent",
+            action_id=message.action_id,
+            invoice_id=message.invoice_id,
+            status="sent",
+            event="sent_manually" if manual else "sent",
             recipient=recipient,
             deliver_at=result.deliver_at,
             provider=result.provider,
@@ -246,18 +246,18 @@ def _outcome(
         )
     if isinstance(result, TransientError) and attempts < max_attempts and not manual:
         return Outcome(
-            message.action_id,
-            message.invoice_id,
-            "scheduled",
-            "retry_later",
+            action_id=message.action_id,
+            invoice_id=message.invoice_id,
+            status="scheduled",
+            event="retry_later",
             detail=f"attempt {attempts}/{max_attempts}: {result}",
             recipient=recipient,
         )
     return Outcome(
-        message.action_id,
-        message.invoice_id,
-        "manual",
-        "manual",
+        action_id=message.action_id,
+        invoice_id=message.invoice_id,
+        status="manual",
+        event="manual",
         manual_reason=result.reason,
         detail=str(result),
         recipient=recipient,
