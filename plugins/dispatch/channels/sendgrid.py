@@ -36,7 +36,7 @@ import base64
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -58,9 +58,11 @@ from sendgrid.helpers.mail import (
 )
 
 from dispatch.channels.base import (
+    Answer,
     ChannelError,
     DeliveryUnknownError,
     FatalChannelError,
+    Handover,
     OutgoingMessage,
     PermanentError,
     SendResult,
@@ -68,7 +70,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.formats.mime import email_safe
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
-from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 
@@ -377,6 +379,13 @@ class SendGridChannel:
         self.max_in_flight = max(1, max_in_flight)
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
+        self._sender = ConcurrentSender(
+            self.send_one,
+            max_in_flight=self.max_in_flight,
+            policy=self.policy,
+            sleep=self._wait,
+            refuse=self._held,
+        )
 
     def __repr__(self) -> str:
         return f"SendGridChannel(host={self.api.host!r}, max_in_flight={self.max_in_flight})"
@@ -385,27 +394,18 @@ class SendGridChannel:
         return MAX_SCHEDULE_AHEAD
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
-        """Every message, ``max_in_flight`` at a time over kept-alive connections, each retried
-        on transient failures as the policy says; raises :class:`FatalChannelError` (with the
-        results of the messages already answered) when the batch must stop."""
-        now = self.api.now()
-        held: dict[int, ChannelError] = {}
-        for i, m in enumerate(messages):
-            if (error := _beyond_window(m, now)) is not None:
-                held[i] = error
-        ready = [m for i, m in enumerate(messages) if i not in held]
-        try:
-            sent = iter(self._send_concurrently(ready))
-        except FatalChannelError as exc:
-            partial = iter(exc.results or [None] * len(ready))
-            exc.results = [None if i in held else next(partial) for i in range(len(messages))]
-            raise
-        return [held[i] if i in held else next(sent) for i in range(len(messages))]
+        """Every message, up to ``max_in_flight`` at a time over kept-alive connections, each
+        retried on transient failures as the policy says; raises :class:`FatalChannelError`
+        (with the results of the messages already answered) when the batch must stop."""
+        return self._sender.send_many(messages)
 
-    def _send_concurrently(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
-        return send_concurrently(
-            messages, self.send_one, max_in_flight=self.max_in_flight, policy=self.policy, sleep=self._wait
-        )
+    def send_stream(self, handover: Handover) -> Iterator[Answer]:
+        """The same, pulling messages from ``handover`` as requests complete
+        (:class:`dispatch.channels.base.SlidingChannel`)."""
+        return self._sender.stream(handover)
+
+    def _held(self, message: OutgoingMessage) -> ChannelError | None:
+        return _beyond_window(message, self.api.now())
 
     def send_one(self, message: OutgoingMessage) -> SendResult:
         """Hand one message to SendGrid (one request, no retry); raises the typed errors."""
@@ -442,6 +442,8 @@ class SendGridChannel:
         return found
 
     def close(self) -> None:
+        """Stop the worker threads, then close the HTTP connections."""
+        self._sender.close()
         self.api.close()
 
     def _wait(self, seconds: float) -> None:

@@ -45,7 +45,7 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.formats.mime import build_email, message_id_for
-from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 
@@ -127,6 +127,9 @@ class SmtpChannel:
         self._ssl_context = ssl_context
         self._idle: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
+        self._sender = ConcurrentSender(
+            self.send_one, max_in_flight=self.max_connections, policy=self.policy, sleep=self._wait
+        )
 
     def __repr__(self) -> str:
         return f"SmtpChannel(host={self.host!r}, port={self.port}, user={self.user!r})"
@@ -141,15 +144,9 @@ class SmtpChannel:
         """Every message over at most ``max_connections`` reused connections; raises
         :class:`FatalChannelError` (with the results so far) when the batch must stop."""
         try:
-            return send_concurrently(
-                messages,
-                self.send_one,
-                max_in_flight=self.max_connections,
-                policy=self.policy,
-                sleep=self._wait,
-            )
+            return self._sender.send_many(messages)
         finally:
-            self.close()
+            self._quit_idle()  # a relay drops idle sessions anyway: none is kept between batches
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """A relay cannot be asked whether it queued a message: unknown."""
@@ -274,6 +271,11 @@ class SmtpChannel:
             return False
 
     def close(self) -> None:
+        """Stop the worker threads and QUIT every connection."""
+        self._sender.close()
+        self._quit_idle()
+
+    def _quit_idle(self) -> None:
         """QUIT every idle connection (the end of a batch)."""
         with self._lock:
             idle, self._idle = self._idle, []
