@@ -57,8 +57,20 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1``; None: give up for this run."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return backoff * (0.5 + random.random() / 2)
+        return exponential_backoff(attempt, self.base_delay, self.max_delay) * (0.5 + random.random() / 2)
+
+
+def exponential_backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """The one back-off of the project, in seconds, after failed try ``attempt`` (from 1):
+    ``base · 2^(attempt-1)``, at least the provider's ``Retry-After``, at most ``cap``.
+
+    Requests retried within a run (:class:`RetryPolicy`, with jitter) and Airflow's retries
+    of a task (:class:`dispatch.runtime.airflow_tasks.DispatchRetryPolicy`) both use it.
+    """
+    seconds = base * 2 ** max(attempt - 1, 0)
+    if retry_after:
+        seconds = max(seconds, float(retry_after))
+    return min(seconds, cap)
 
 
 def call_with_retry(
