@@ -92,14 +92,9 @@ CONNECT_TIMEOUT = 10.0
 _MAX_REASON = 500
 
 
-def utc_now() -> dt.datetime:
-    """SendGrid compares ``send_at`` with its own (real) clock; tests replace this function."""
+def real_clock() -> dt.datetime:
+    """SendGrid compares ``send_at`` with its own (real) clock: the default of every clock here."""
     return dt.datetime.now(dt.UTC)
-
-
-def pause(seconds: float) -> None:
-    """How the channel waits between retries; tests replace this function to run fast."""
-    time.sleep(seconds)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -175,7 +170,7 @@ class SendGridApi:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_IN_FLIGHT,
-        clock: Callable[[], dt.datetime] | None = None,
+        clock: Callable[[], dt.datetime] = real_clock,
         keep_alive: bool = True,
     ) -> None:
         """``keep_alive=False`` opens a connection per request (only to measure what it costs)."""
@@ -202,7 +197,7 @@ class SendGridApi:
         return f"SendGridApi(host={self.host!r})"
 
     def now(self) -> dt.datetime:
-        return self._clock() if self._clock is not None else utc_now()
+        return self._clock()
 
     def request(
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
@@ -366,7 +361,7 @@ class SendGridChannel:
         default_sender: str | None = None,
         max_in_flight: int = DEFAULT_IN_FLIGHT,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         activity_lookup: str = "off",
     ) -> None:
         if activity_lookup not in ACTIVITY_LOOKUPS:
@@ -378,12 +373,11 @@ class SendGridChannel:
         self.default_sender = default_sender
         self.max_in_flight = max(1, max_in_flight)
         self.policy = policy or RetryPolicy()
-        self._sleep = sleep
         self._sender = ConcurrentSender(
             self.send_one,
             max_in_flight=self.max_in_flight,
             policy=self.policy,
-            sleep=self._wait,
+            sleep=sleep,
             refuse=self._held,
         )
 
@@ -446,12 +440,16 @@ class SendGridChannel:
         self._sender.close()
         self.api.close()
 
-    def _wait(self, seconds: float) -> None:
-        (self._sleep or pause)(seconds)
 
-
-def from_settings(settings: Settings, channel: str) -> SendGridChannel:
-    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=sendgrid``."""
+def from_settings(
+    settings: Settings,
+    channel: str,
+    *,
+    clock: Callable[[], dt.datetime] = real_clock,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SendGridChannel:
+    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=sendgrid``; ``clock`` and
+    ``sleep`` go to the constructors (the one seam tests use)."""
     if channel != "email":
         raise DispatchError(f"SendGrid can only serve the email channel, not {channel}")
     in_flight = settings.send_concurrency
@@ -460,10 +458,12 @@ def from_settings(settings: Settings, channel: str) -> SendGridChannel:
         settings.sendgrid_api_host,
         timeout=settings.http_timeout,
         max_connections=in_flight,
+        clock=clock,
     )
     return SendGridChannel(
         api,
         default_sender=settings.mail_from,
         max_in_flight=in_flight,
+        sleep=sleep,
         activity_lookup=settings.sendgrid_activity_lookup,
     )

@@ -74,7 +74,8 @@ CONFIGURATION_ERROR_CODES = frozenset({20003, 21212, 21606, 21659})
 _E164 = re.compile(r"\+[1-9]\d{1,14}")
 
 
-def utc_now() -> dt.datetime:
+def real_clock() -> dt.datetime:
+    """Twilio's scheduling window is measured on the real clock: the default ``clock``."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -122,7 +123,7 @@ class TwilioChannel:
         max_segments: int = 10,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], dt.datetime] = utc_now,
+        clock: Callable[[], dt.datetime] = real_clock,
     ) -> None:
         self.messaging_service_sid = messaging_service_sid or None
         self.from_number = from_number or None
