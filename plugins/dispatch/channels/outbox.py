@@ -20,19 +20,14 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import TypeAlias
 
 from dispatch.channels.base import (
-    Answer,
     ChannelError,
     FatalChannelError,
-    Handover,
     OutgoingMessage,
     PermanentError,
     SendResult,
@@ -42,25 +37,8 @@ from dispatch.channels.formats.mime import build_email, deliver_at_iso, parse_de
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class _Write:
-    """A file being written by a writer thread (``done``: True if this write created it)."""
-
-    done: Future[bool]
-    content: bytes
-
-
-#: What a started message is waiting for: its file being written, or already its answer.
-_Pending: TypeAlias = "_Write | SendResult | ChannelError"
-
 #: File name suffix per channel.
 SUFFIXES: dict[str, str] = {"email": ".eml", "sms": ".json", "letter": ".pdf"}
-
-#: Messages per window of the outbox's stream: one directory fsync and one record each.
-WINDOW = 100
-#: Threads writing files: an fsync waits for the disk, and others write meanwhile.
-WRITERS = 4
 
 #: "Can hold any future delivery time", kept small enough that ``now + ahead`` never overflows.
 FAR_AHEAD = dt.timedelta(days=365 * 100)
@@ -133,7 +111,6 @@ class OutboxChannel:
         self.default_sender = default_sender
         self.directory = self.root_dir / channel
         self._directory_ready = False
-        self._writers: ThreadPoolExecutor | None = None
 
     # --- Channel protocol -------------------------------------------------------------
 
@@ -149,36 +126,22 @@ class OutboxChannel:
         Raises :class:`FatalChannelError`, before writing anything, when a message is for
         another channel or the outbox directory is unusable.
         """
-        self._check(messages)
+        misrouted = [m.action_id for m in messages if m.channel != self.channel]
+        if misrouted:
+            raise FatalChannelError(
+                f"{self.channel} outbox was given messages of another channel: {', '.join(misrouted[:5])}"
+            )
         if not messages:
             return []
-        return [result for _, result in self._finish(self._start(messages))]
-
-    def send_stream(self, handover: Handover) -> Iterator[Answer]:
-        """Files for what ``handover`` hands out, :data:`WINDOW` at a time; each window's
-        files are written (and fsynced) by a few threads while this one renders the next
-        window, and the window's answers come once its files and their directory are durable
-        (:class:`dispatch.channels.base.SlidingChannel`)."""
-        writing: list[tuple[OutgoingMessage, _Pending]] | None = None
-        while (window := handover.next(WINDOW)) is not None:
-            try:
-                self._check(window)
-            except FatalChannelError:
-                if writing is not None:
-                    yield from self._finish(writing)
-                raise
-            started = self._start(window)
-            if writing is not None:
-                yield from self._finish(writing)
-            writing = started
-        if writing is not None:
-            yield from self._finish(writing)
+        self._prepare_directory()
+        results = [self._send_one(message) for message in messages]
+        # One directory fsync for the whole chunk, before any result says "handed over": the
+        # names are durable when the outcomes are recorded, at one fsync instead of one per file.
+        _fsync_directory(self.directory)
+        return results
 
     def close(self) -> None:
-        """Stop the writer threads (writes under way finish first)."""
-        pool, self._writers = self._writers, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        """Nothing to let go of: every file is closed once written."""
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """The file is the hand-over: its result if it exists, ``False`` if it does not
@@ -224,40 +187,7 @@ class OutboxChannel:
                     os.unlink(leftover)
         self._directory_ready = True
 
-    def _check(self, messages: Sequence[OutgoingMessage]) -> None:
-        misrouted = [m.action_id for m in messages if m.channel != self.channel]
-        if misrouted:
-            raise FatalChannelError(
-                f"{self.channel} outbox was given messages of another channel: {', '.join(misrouted[:5])}"
-            )
-        if messages:
-            self._prepare_directory()
-
-    def _start(self, messages: Sequence[OutgoingMessage]) -> list[tuple[OutgoingMessage, _Pending]]:
-        """Render each message here (CPU) and hand its durable write to the writer threads
-        (disk: fsync lets other threads run); a message that needs no write has its answer."""
-        if self._writers is None:
-            self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="outbox-write")
-        started: list[tuple[OutgoingMessage, _Pending]] = []
-        for message in messages:
-            answer = self._prepare(message)
-            if isinstance(answer, bytes):
-                path = self.path_for(message.action_id)
-                done = self._writers.submit(write_once, path, answer, sync_directory=False)
-                started.append((message, _Write(done, answer)))
-            else:
-                started.append((message, answer))
-        return started
-
-    def _finish(self, started: list[tuple[OutgoingMessage, _Pending]]) -> Iterator[Answer]:
-        """The answers of a started window, once every file of it and the directory are durable:
-        one directory fsync for the whole window, before any answer says "handed over"."""
-        answers = [(m, self._written(m, pending)) for m, pending in started]
-        _fsync_directory(self.directory)
-        yield from answers
-
-    def _prepare(self, message: OutgoingMessage) -> SendResult | ChannelError | bytes:
-        """The file's content to write, or the answer when there is nothing to write."""
+    def _send_one(self, message: OutgoingMessage) -> SendResult | ChannelError:
         if not is_safe_action_id(message.action_id):
             return PermanentError(f"action id {message.action_id!r} cannot name an outbox file")
         path = self.path_for(message.action_id)
@@ -266,7 +196,7 @@ class OutboxChannel:
                 return TransientError(problem)
             return self._existing_result(message.action_id, path)
         try:
-            return self._render(message)
+            content = self._render(message)
         except ValueError as exc:
             return PermanentError(f"{self.channel} message refused: {exc}")
         except Exception as exc:
@@ -274,18 +204,13 @@ class OutboxChannel:
             # and lose the results of the messages already written.
             log.exception("outbox could not render action %s", message.action_id)
             return PermanentError(f"{self.channel} message could not be rendered: {exc!r}")
-
-    def _written(self, message: OutgoingMessage, pending: _Pending) -> SendResult | ChannelError:
-        if not isinstance(pending, _Write):
-            return pending
-        path = self.path_for(message.action_id)
         try:
-            written = pending.done.result()
+            written = write_once(path, content, sync_directory=False)
         except OSError as exc:
             return TransientError(f"cannot write {path}: {exc}")
         if not written:  # another worker won the race for this action
             return self._existing_result(message.action_id, path)
-        if problem := self._list_letter(path, pending.content):
+        if problem := self._list_letter(path, content):
             return TransientError(problem)  # the next try finds the file and lists it
         return SendResult(
             action_id=message.action_id,

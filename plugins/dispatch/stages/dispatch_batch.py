@@ -14,13 +14,13 @@ without sending anything twice (SPEC B1):
 Before messages go out, one transaction records the outcomes answered so far, marks the
 next messages as being handed over and renews the claim's lease
 (:func:`dispatch.sending.claims.mark_handover`): no write per message. A sliding channel
-(:class:`dispatch.channels.base.SlidingChannel`: the HTTP providers, the outbox) pulls the
+(:class:`dispatch.channels.base.SlidingChannel`: SendGrid) pulls the
 next marked messages as earlier ones complete, so sending never waits for a window's slowest
 request, and it marks no more than its window of requests in flight
 (``DISPATCH_SEND_CONCURRENCY`` at most) beyond what is recorded; any other channel is handed
 windows of ``DISPATCH_SEND_CONCURRENCY`` messages one after the other. Either way at most
 that many actions are uncertain at any moment (the embedded outbox, which settles from its
-files, takes windows of :data:`dispatch.channels.outbox.WINDOW`).
+files, takes windows of :data:`SEND_CHUNK`).
 """
 
 from __future__ import annotations
