@@ -13,7 +13,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, update
+from sqlalchemy import ColumnElement, Connection, and_, update
 
 from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, update_rows
@@ -80,7 +80,7 @@ def apply_outcomes(
     return {e: len(g) for e, g in by_event.items()}
 
 
-def _ours(token: str):  # type: ignore[no-untyped-def]
+def _ours(token: str) -> ColumnElement[bool]:
     return and_(invoice_actions.c.status == "sending", invoice_actions.c.claim_token == token)
 
 
