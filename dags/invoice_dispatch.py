@@ -64,8 +64,7 @@ def _run() -> RunContext:
         "owner": CONFIG.owner,
         "retries": CONFIG.retries,
         "retry_delay": CONFIG.retry_delay,
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": CONFIG.max_retry_delay,
+        # the one back-off (dispatch.channels.retry.exponential_backoff), by kind of failure
         "retry_policy": steps.DispatchRetryPolicy(CONFIG.retry_delay, CONFIG.max_retry_delay),
     },
 )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from dispatch.channels import sendgrid as sg_module
 from dispatch.channels.base import FatalChannelError
+from dispatch.channels.factory import open_channels
 from dispatch.runtime.runs import RunContext
 from dispatch.stages.pull_bounces import LOOKBACK, WATERMARK, pull_bounces
 from dispatch.storage.session import Database
@@ -26,9 +27,7 @@ HOUR = dt.timedelta(hours=1)
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSendGrid]:
-    monkeypatch.setattr(sg_module, "utc_now", lambda: AS_OF)
-    monkeypatch.setattr(sg_module, "pause", lambda seconds: None)
+def server() -> Iterator[FakeSendGrid]:
     with FakeSendGrid(clock=lambda: AS_OF) as fake:
         yield fake
 
@@ -43,7 +42,11 @@ def w(db_urls: dict[str, str], tmp_path, server: FakeSendGrid) -> World:  # type
         world.customer(f"c{n}", plan="p_mail")
         world.invoice(f"i{n}", f"c{n}", issued="2026-12-02")
     world.load_config()
-    world.run(AS_OF)
+    settings = world.settings()
+    with open_channels(settings) as channels:
+        channels["email"].close()
+        channels["email"] = sg_module.from_settings(settings, "email", clock=lambda: AS_OF)
+        world.run(AS_OF, channels=channels)
     assert [a["status"] for a in world.actions()] == ["sent"] * 3
     assert len(server.mails) == 3
     return world

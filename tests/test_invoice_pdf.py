@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from dispatch.channels import sendgrid as sg_module
-from dispatch.channels.factory import build_channels
+from dispatch.channels.factory import build_channels, close_channels
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
 from dispatch.config.settings import DEFAULT_PDF_MAX_BYTES, load_settings
@@ -463,15 +463,15 @@ def test_email_outbox_sends_the_good_invoices_and_no_byte_from_outside(world: Wo
 
 
 @pytest.mark.timeout(120)
-def test_email_through_sendgrid_sends_the_good_invoices_and_no_byte_from_outside(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_email_through_sendgrid_sends_the_good_invoices_and_no_byte_from_outside(world: World) -> None:
     w = world
-    monkeypatch.setattr(sg_module, "utc_now", lambda: AS_OF)
-    monkeypatch.setattr(sg_module, "pause", lambda seconds: None)
     cases = _hostile_world(w, "email")
     with FakeSendGrid(clock=lambda: AS_OF) as server:
-        w.run(AS_OF, settings=w.settings(DISPATCH_EMAIL_BACKEND="sendgrid", **server.env()))
+        settings = w.settings(DISPATCH_EMAIL_BACKEND="sendgrid", **server.env())
+        channels = build_channels(settings)
+        channels["email"] = sg_module.from_settings(settings, "email", clock=lambda: AS_OF)
+        w.run(AS_OF, settings=settings, channels=channels)
+        close_channels(channels)
         mails = list(server.mails)
         blobs = list(_request_blobs(server))
 

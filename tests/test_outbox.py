@@ -11,6 +11,7 @@ import threading
 from email import policy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from dispatch.channels import (
     Attachment,
@@ -21,9 +22,11 @@ from dispatch.channels import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.factory import capabilities
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.formats.mime import build_email
 from dispatch.channels.outbox import OutboxChannel
+from dispatch.rules.scheduling import classify_due
 from pypdf import PdfReader
 
 PARIS_0830 = dt.datetime(2025, 3, 3, 7, 30, tzinfo=dt.UTC)  # 08:30 in Paris
@@ -348,10 +351,23 @@ def test_letter_with_an_unreadable_invoice_pdf_is_refused(tmp_path: Path) -> Non
 # --- the channel as a whole --------------------------------------------------------------
 
 
-def test_scheduling_ahead_for_email_and_sms_but_never_for_letters(tmp_path: Path) -> None:
-    assert OutboxChannel(tmp_path, "email").max_schedule_ahead() >= dt.timedelta(days=365)
-    assert OutboxChannel(tmp_path, "sms").max_schedule_ahead() >= dt.timedelta(days=365)
-    assert OutboxChannel(tmp_path, "letter").max_schedule_ahead() is None
+def test_the_outbox_holds_any_delivery_time_and_the_due_rule_keeps_letters_on_their_day(
+    tmp_path: Path,
+) -> None:
+    for channel in ("email", "sms", "letter"):
+        assert OutboxChannel(tmp_path, channel).max_schedule_ahead() >= dt.timedelta(days=365)
+    rules = capabilities({ch: OutboxChannel(tmp_path, ch) for ch in ("email", "letter")})
+    tomorrow = pd.DataFrame(
+        {
+            "scheduled_for": pd.to_datetime(["2025-03-04T07:30Z"] * 2, utc=True),
+            "scheduled_local_date": [dt.date(2025, 3, 4)] * 2,
+            "timezone": ["Europe/Paris"] * 2,
+            "channel": ["email", "letter"],
+            "automatic": [True, True],
+        }
+    )
+    due = classify_due(tomorrow, PARIS_0830, rules, horizon=PARIS_0830 + dt.timedelta(days=2))
+    assert due["due"].tolist() == [True, False]  # the e-mail goes ahead, the letter waits for its day
     # a dispatcher adds it to "now": that must not overflow
     assert PARIS_0830 + OutboxChannel(tmp_path, "email").max_schedule_ahead() > PARIS_0830
 

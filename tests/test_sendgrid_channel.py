@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from dispatch.channels import sendgrid as sg_module
 from dispatch.channels.base import (
     Attachment,
     DeliveryUnknownError,
@@ -27,6 +26,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.factory import build_channels, close_channels
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
 from dispatch.channels.sendgrid import SendGridApi, SendGridChannel, from_settings, retry_after_seconds
@@ -57,18 +57,18 @@ def sends(server: FakeSendGrid) -> list:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(sg_module, "utc_now", c)
-    return c
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every wait the channel asked for, instead of waiting."""
-    waited: list[float] = []
-    monkeypatch.setattr(sg_module, "pause", waited.append)
-    return waited
+def sleeps() -> list[float]:
+    """Every wait the channel asked for, instead of waiting (passed as its ``sleep``)."""
+    return []
+
+
+def no_wait(seconds: float) -> None:
+    """The channel's ``sleep`` where a test does not look at the waits."""
 
 
 @pytest.fixture
@@ -77,9 +77,12 @@ def server(clock: Clock) -> Iterator[FakeSendGrid]:
         yield fake
 
 
-def channel_for(server: FakeSendGrid, *, key: str | None = None, timeout: float = 5.0, **kw: object):  # type: ignore[no-untyped-def]
-    api = SendGridApi(key or server.api_key, server.url, timeout=timeout)
-    return SendGridChannel(api, **kw)  # type: ignore[arg-type]
+def channel_for(  # type: ignore[no-untyped-def]
+    server: FakeSendGrid, *, key: str | None = None, timeout: float = 5.0, sleep=no_wait, **kw: object
+):
+    """The channel on the fake's clock (the run's as-of instant), waits through ``sleep``."""
+    api = SendGridApi(key or server.api_key, server.url, timeout=timeout, clock=server.clock)
+    return SendGridChannel(api, sleep=sleep, **kw)  # type: ignore[arg-type]
 
 
 def message(action_id: str = "act_1", **changes: object) -> OutgoingMessage:
@@ -179,7 +182,7 @@ def test_the_channel_advertises_the_72_hour_window_and_cannot_tell_about_lost_cl
 def test_429_waits_as_retry_after_says_then_sends_once(server: FakeSendGrid, sleeps: list[float]) -> None:
     server.inject(status=429, headers={"Retry-After": "7"}, times=2)
 
-    [result] = channel_for(server).send_many([message()])
+    [result] = channel_for(server, sleep=sleeps.append).send_many([message()])
 
     assert isinstance(result, SendResult)
     assert sleeps == [7.0, 7.0]
@@ -190,7 +193,7 @@ def test_429_waits_as_retry_after_says_then_sends_once(server: FakeSendGrid, sle
 def test_retry_after_too_long_is_left_to_a_later_run(server: FakeSendGrid, sleeps: list[float]) -> None:
     server.inject(status=429, headers={"Retry-After": "3600"})
 
-    [result] = channel_for(server).send_many([message()])
+    [result] = channel_for(server, sleep=sleeps.append).send_many([message()])
 
     assert isinstance(result, TransientError) and result.retry_after == 3600
     assert sleeps == []
@@ -211,7 +214,7 @@ def test_500_is_retried_with_growing_backoff_then_reported_transient(
     server.inject(status=500, times=10)
     policy = RetryPolicy(attempts=4, base_delay=1.0, max_delay=30.0)
 
-    [result] = channel_for(server, policy=policy).send_many([message()])
+    [result] = channel_for(server, sleep=sleeps.append, policy=policy).send_many([message()])
 
     assert isinstance(result, TransientError)
     assert "SendGrid 500" in str(result)
@@ -234,7 +237,7 @@ def test_400_is_a_permanent_refusal_with_sendgrids_reason_and_no_retry(
         },
     )
 
-    [result] = channel_for(server).send_many([message()])
+    [result] = channel_for(server, sleep=sleeps.append).send_many([message()])
 
     assert isinstance(result, PermanentError)
     assert str(result) == "SendGrid 400: from: The from address does not match a verified Sender Identity."
@@ -261,7 +264,7 @@ def test_hang_past_the_timeout_is_delivery_unknown_and_never_retried(
     server.inject(hang=3.0)
     started = time.monotonic()
 
-    [result] = channel_for(server, timeout=0.3).send_many([message()])
+    [result] = channel_for(server, sleep=sleeps.append, timeout=0.3).send_many([message()])
 
     assert isinstance(result, DeliveryUnknownError)
     assert time.monotonic() - started < 2.5
@@ -281,14 +284,18 @@ def test_connection_reset_after_sending_is_delivery_unknown(server: FakeSendGrid
 def test_connection_refused_is_transient(sleeps: list[float]) -> None:
     with FakeSendGrid() as gone:
         url = gone.url
-    channel = SendGridChannel(SendGridApi("SG.key", url, timeout=2), policy=RetryPolicy(attempts=2))
+    channel = SendGridChannel(
+        SendGridApi("SG.key", url, timeout=2), sleep=sleeps.append, policy=RetryPolicy(attempts=2)
+    )
     [result] = channel.send_many([message()])
     assert isinstance(result, TransientError) and "cannot connect" in str(result)
     assert len(sleeps) == 1
 
 
 def test_unknown_host_stops_the_batch(sleeps: list[float]) -> None:
-    channel = SendGridChannel(SendGridApi("SG.key", "http://api.sendgrid.invalid", timeout=5))
+    channel = SendGridChannel(
+        SendGridApi("SG.key", "http://api.sendgrid.invalid", timeout=5), sleep=sleeps.append
+    )
     with pytest.raises(FatalChannelError, match="cannot be resolved") as stopped:
         channel.send_many([message("a1"), message("a2")])
     assert stopped.value.results == [None, None]
@@ -387,9 +394,17 @@ def sendgrid_settings(w: World, server: FakeSendGrid, **extra: str):  # type: ig
     return w.settings(**{"DISPATCH_EMAIL_BACKEND": "sendgrid", **server.env(), **extra})
 
 
-def run(w: World, server: FakeSendGrid, clock: Clock, at: str, **extra: str):  # type: ignore[no-untyped-def]
+def run(w: World, server: FakeSendGrid, clock: Clock, at: str, sleep=no_wait, **extra: str):  # type: ignore[no-untyped-def]
+    """A pipeline run whose e-mail channel the factory builds from the settings, with the
+    test's clock and sleep given to its constructor."""
     clock.now = instant(at)
-    return w.run(at, settings=sendgrid_settings(w, server, **extra))
+    settings = sendgrid_settings(w, server, **extra)
+    channels = build_channels(settings)
+    channels["email"] = from_settings(settings, "email", clock=clock, sleep=sleep)
+    try:
+        return w.run(at, settings=settings, channels=channels)
+    finally:
+        close_channels(channels)
 
 
 def test_pipeline_delivers_through_sendgrid_once_across_reruns(
@@ -470,7 +485,7 @@ def test_pipeline_429_is_waited_out_then_sent(
     w.invoice("i1", "c1")
     server.inject(status=429, headers={"Retry-After": "2"})
 
-    run(w, server, clock, "2026-12-02T05:00Z")
+    run(w, server, clock, "2026-12-02T05:00Z", sleep=sleeps.append)
 
     assert w.action("i1")["status"] == "sent"
     assert sleeps == [2.0]
@@ -486,7 +501,7 @@ def test_pipeline_500_retries_across_runs_then_provider_error(
 
     states = []
     for at in ("2026-12-02T05:00Z", "2026-12-03T05:00Z", "2026-12-04T05:00Z", "2026-12-07T05:00Z"):
-        run(w, server, clock, at)
+        run(w, server, clock, at, sleep=sleeps.append)
         a = w.action("i1")
         states.append((a["status"], a["manual_reason"], a["attempts"]))
 

@@ -13,7 +13,6 @@ import io
 from collections.abc import Iterator
 
 import pytest
-from dispatch.channels import smtp as smtp_module
 from dispatch.channels.base import (
     Attachment,
     DeliveryUnknownError,
@@ -23,6 +22,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
+from dispatch.channels.factory import build_channels, close_channels
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.retry import RetryPolicy
 from dispatch.channels.smtp import SmtpChannel, dot_stuffed, from_settings
@@ -38,10 +38,13 @@ INVOICE_PDF = build_invoice_placeholder_pdf("F-2026-0001", ["Consulting  1 200,0
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    waited: list[float] = []
-    monkeypatch.setattr(smtp_module, "pause", waited.append)
-    return waited
+def sleeps() -> list[float]:
+    """Every wait the channel asked for, instead of waiting (passed as its ``sleep``)."""
+    return []
+
+
+def no_wait(seconds: float) -> None:
+    """The channel's ``sleep`` where a test does not look at the waits."""
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def relay() -> Iterator[FakeSMTP]:
 
 
 def channel_for(relay: FakeSMTP, **kw: object) -> SmtpChannel:
-    options: dict[str, object] = {"starttls": False, "timeout": 5.0}
+    options: dict[str, object] = {"starttls": False, "timeout": 5.0, "sleep": no_wait}
     options.update(kw)
     return SmtpChannel(relay.host, relay.port, **options)  # type: ignore[arg-type]
 
@@ -105,12 +108,9 @@ def test_the_delivered_message_parses_back_whole(relay: FakeSMTP) -> None:
     assert mail.answered
 
 
-def test_the_date_header_is_the_hand_over_not_a_later_delivery_time(
-    relay: FakeSMTP, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(smtp_module, "utc_now", lambda: AS_OF)
+def test_the_date_header_is_the_hand_over_not_a_later_delivery_time(relay: FakeSMTP) -> None:
     later_today = AS_OF + dt.timedelta(hours=2, minutes=30)
-    channel_for(relay).send_many([message(deliver_at=later_today)])
+    channel_for(relay, clock=lambda: AS_OF).send_many([message(deliver_at=later_today)])
     parsed = relay.messages[0].message
     assert parsed["Date"].datetime == AS_OF
     assert parsed["X-Deliver-At"] == "2026-12-02T07:30:00Z"
@@ -157,7 +157,9 @@ def test_a_few_connections_work_at_once(relay: FakeSMTP) -> None:
 
 def test_550_for_every_recipient_is_a_permanent_refusal(relay: FakeSMTP, sleeps: list[float]) -> None:
     relay.inject(stage="rcpt", code=550, times=2)
-    [refused, after] = channel_for(relay, max_connections=1).send_many([message("a1"), message("a2")])
+    [refused, after] = channel_for(relay, sleep=sleeps.append, max_connections=1).send_many(
+        [message("a1"), message("a2")]
+    )
 
     assert isinstance(refused, PermanentError)
     assert "550 5.1.1 Recipient address rejected" in str(refused)
@@ -183,14 +185,14 @@ def test_550_after_data_is_permanent(relay: FakeSMTP) -> None:
 
 def test_451_is_retried_then_sent_once(relay: FakeSMTP, sleeps: list[float]) -> None:
     relay.inject(stage="data", code=451)
-    [result] = channel_for(relay).send_many([message()])
+    [result] = channel_for(relay, sleep=sleeps.append).send_many([message()])
     assert isinstance(result, SendResult)
     assert len(relay.messages) == 1 and len(sleeps) == 1
 
 
 def test_451_every_time_is_transient(relay: FakeSMTP, sleeps: list[float]) -> None:
     relay.inject(stage="mail", code=451, times=10)
-    [result] = channel_for(relay, policy=RetryPolicy(attempts=3)).send_many([message()])
+    [result] = channel_for(relay, sleep=sleeps.append, policy=RetryPolicy(attempts=3)).send_many([message()])
     assert isinstance(result, TransientError) and "451" in str(result)
     assert relay.messages == [] and len(sleeps) == 2
 
@@ -199,7 +201,9 @@ def test_disconnect_after_data_is_delivery_unknown_and_not_retried(
     relay: FakeSMTP, sleeps: list[float]
 ) -> None:
     relay.inject(stage="data", disconnect=True)
-    [unknown, next_one] = channel_for(relay, max_connections=1).send_many([message("a1"), message("a2")])
+    [unknown, next_one] = channel_for(relay, sleep=sleeps.append, max_connections=1).send_many(
+        [message("a1"), message("a2")]
+    )
 
     assert isinstance(unknown, DeliveryUnknownError)
     assert isinstance(next_one, SendResult)  # a new connection for the next message
@@ -213,13 +217,15 @@ def test_disconnect_after_data_is_delivery_unknown_and_not_retried(
 def test_connection_refused_is_transient(sleeps: list[float]) -> None:
     with FakeSMTP() as gone:
         port = gone.port
-    [result] = SmtpChannel("127.0.0.1", port, starttls=False, timeout=2).send_many([message()])
+    [result] = SmtpChannel("127.0.0.1", port, starttls=False, timeout=2, sleep=sleeps.append).send_many(
+        [message()]
+    )
     assert isinstance(result, TransientError) and "cannot connect" in str(result)
     assert len(sleeps) == RetryPolicy().attempts - 1
 
 
 def test_unknown_host_stops_the_batch(sleeps: list[float]) -> None:
-    channel = SmtpChannel("smtp.relay.invalid", 587, timeout=5)
+    channel = SmtpChannel("smtp.relay.invalid", 587, timeout=5, sleep=sleeps.append)
     with pytest.raises(FatalChannelError, match="cannot be resolved") as stopped:
         channel.send_many([message("a1"), message("a2")])
     assert stopped.value.results == [None, None]
@@ -301,8 +307,16 @@ def w(db_urls: dict[str, str], tmp_path) -> World:  # type: ignore[no-untyped-de
     return world
 
 
-def run(w: World, relay: FakeSMTP, at: str):  # type: ignore[no-untyped-def]
-    return w.run(at, settings=w.settings(**{"DISPATCH_EMAIL_BACKEND": "smtp", **relay.env()}))
+def run(w: World, relay: FakeSMTP, at: str, sleep=no_wait):  # type: ignore[no-untyped-def]
+    """A pipeline run whose e-mail channel the factory builds from the settings, waiting
+    between retries through ``sleep``."""
+    settings = w.settings(**{"DISPATCH_EMAIL_BACKEND": "smtp", **relay.env()})
+    channels = build_channels(settings)
+    channels["email"] = from_settings(settings, "email", sleep=sleep)
+    try:
+        return w.run(at, settings=settings, channels=channels)
+    finally:
+        close_channels(channels)
 
 
 def test_pipeline_delivers_through_smtp_once_across_reruns(w: World, relay: FakeSMTP) -> None:
@@ -349,9 +363,9 @@ def test_pipeline_451_leaves_the_action_for_a_later_run(
     w.invoice("i1", "c1")
     relay.inject(stage="data", code=451, times=RetryPolicy().attempts)
 
-    run(w, relay, "2026-12-02T05:00Z")
+    run(w, relay, "2026-12-02T05:00Z", sleep=sleeps.append)
     first = w.action("i1")
-    run(w, relay, "2026-12-03T05:00Z")
+    run(w, relay, "2026-12-03T05:00Z", sleep=sleeps.append)
 
     assert (first["status"], first["attempts"], first["manual_reason"]) == ("scheduled", 1, None)
     [retry] = [e for e in w.events("i1") if e["event"] == "retry_later"]

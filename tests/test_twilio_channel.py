@@ -394,8 +394,7 @@ class TwilioWorld:
         self.w, self.server, self.clock = world, server, clock
         world.extra_env.update({**server.env(), "DISPATCH_SMS_BACKEND": "twilio", **env})
         self.channels = build_channels(world.settings())  # the factory, from the settings
-        self.channels["sms"].clock = clock  # type: ignore[attr-defined]
-        self.channels["sms"].policy = FAST  # type: ignore[attr-defined]
+        self.channels["sms"] = from_settings(world.settings(), "sms", clock=clock, policy=FAST)
 
     def run(self, at: str) -> Any:
         self.clock.now = instant(at)

@@ -447,21 +447,22 @@ def _db_and_settings() -> tuple[Database, Settings]:
 @handle_errors
 def todo_send(action_id: str, at: str | None, by: str | None) -> None:
     """Send a manual action now through its channel."""
-    from dispatch.channels.factory import build_channels
+    from dispatch.channels.factory import open_channels
     from dispatch.people.operations import send_action_now
     from dispatch.storage.engine import make_engine
 
     when = parse_instant(at)
     db, settings = _db_and_settings()
-    result = send_action_now(
-        db,
-        make_engine(settings.accounting_db_url, readonly=True, name="ACCOUNTING_DB_URL"),
-        action_id,
-        when,
-        build_channels(settings),
-        settings,
-        actor=by,
-    )
+    with open_channels(settings) as channels:
+        result = send_action_now(
+            db,
+            make_engine(settings.accounting_db_url, readonly=True, name="ACCOUNTING_DB_URL"),
+            action_id,
+            when,
+            channels,
+            settings,
+            actor=by,
+        )
     if result["status"] == "cancelled":  # the re-check found the invoice void or deleted (B5)
         raise Fail(f"action {action_id} not sent and cancelled: {result['detail']}")
     if result["status"] != "sent":

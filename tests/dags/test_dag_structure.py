@@ -171,12 +171,14 @@ def test_max_map_length_is_read_from_airflow_configuration(monkeypatch: pytest.M
 
 
 def test_every_task_retries_by_kind_of_failure_with_the_dag_back_off(dag) -> None:  # type: ignore[no-untyped-def]
-    from dispatch.runtime.airflow_tasks import DispatchRetryPolicy
+    from dispatch.runtime.airflow_tasks import DispatchRetryPolicy, dag_config
 
     for task in dag.tasks:
         policy = task.retry_policy
         assert isinstance(policy, DispatchRetryPolicy), task.task_id
-        assert (policy.base, policy.cap) == (task.retry_delay, task.max_retry_delay)
+        assert (policy.base, policy.cap) == (task.retry_delay, dag_config().max_retry_delay)
+        # one back-off: the policy's, not Airflow's own exponential one beside it
+        assert not task.retry_exponential_backoff, task.task_id
 
 
 def test_retry_policy_fails_fast_on_configuration_errors_and_backs_off_on_rate_limits() -> None:
@@ -197,16 +199,19 @@ def test_retry_policy_fails_fast_on_configuration_errors_and_backs_off_on_rate_l
     honour = policy.evaluate(TransientError("429", retry_after=600), try_number=1, max_tries=3)
     assert (honour.action, honour.retry_delay) == (RetryAction.RETRY, dt.timedelta(minutes=10))
 
-    other = policy.evaluate(RuntimeError("worker lost"), try_number=1, max_tries=3)
-    assert other.action == RetryAction.DEFAULT
+    other = [policy.evaluate(RuntimeError("worker lost"), try_number=n, max_tries=5) for n in (1, 2, 9)]
+    assert all(d.action == RetryAction.RETRY for d in other)
+    assert [d.retry_delay for d in other] == [dt.timedelta(minutes=m) for m in (2, 4, 30)]
 
 
-def test_backoff_delay_honours_retry_after_and_the_cap() -> None:
-    from dispatch.runtime.airflow_tasks import backoff_delay
+def test_the_one_back_off_honours_retry_after_and_the_cap() -> None:
+    from dispatch.channels.retry import RetryPolicy, exponential_backoff
 
-    two_min, half_hour = dt.timedelta(minutes=2), dt.timedelta(minutes=30)
-    assert backoff_delay(1, two_min, half_hour) == two_min
-    assert backoff_delay(3, two_min, half_hour) == dt.timedelta(minutes=8)
-    assert backoff_delay(1, two_min, half_hour, retry_after=600) == dt.timedelta(minutes=10)
-    assert backoff_delay(9, two_min, half_hour) == half_hour
-    assert backoff_delay(1, two_min, half_hour, retry_after=7200) == half_hour
+    assert exponential_backoff(1, 120, 1800) == 120
+    assert exponential_backoff(3, 120, 1800) == 480
+    assert exponential_backoff(1, 120, 1800, retry_after=600) == 600
+    assert exponential_backoff(9, 120, 1800) == 1800
+    assert exponential_backoff(1, 120, 1800, retry_after=7200) == 1800
+    within_a_run = RetryPolicy(base_delay=0.5, max_delay=30.0)  # the same curve, with jitter
+    assert 1.0 <= within_a_run.delay(3, None) <= 2.0  # type: ignore[operator]
+    assert within_a_run.delay(1, 5.0) == 5.0 and within_a_run.delay(1, 600.0) is None

@@ -9,9 +9,9 @@ the typed errors below, whose *kind* tells the dispatcher what to do with the ac
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,36 @@ class FatalChannelError(ChannelError):
         self.results = results
 
 
+#: One message and what became of it.
+Answer: TypeAlias = "tuple[OutgoingMessage, SendResult | ChannelError]"
+
+
+class Handover:
+    """Where a channel takes the next messages to send from.
+
+    Before handing messages out, :meth:`next` may write down that they are about to go out
+    (the dispatcher marks them and records the answers so far, in one transaction) and
+    drop those that are no longer the caller's to send. This base hands out a fixed list.
+    """
+
+    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+        self._messages = messages
+        self._taken = 0
+
+    def next(self, most: int) -> Sequence[OutgoingMessage] | None:
+        """Up to ``most`` more messages that may go out now; None when there are no more."""
+        while self._taken < len(self._messages):
+            window = self._messages[self._taken : self._taken + max(1, most)]
+            self._taken += len(window)
+            if allowed := self.allow(window):
+                return allowed
+        return None
+
+    def allow(self, window: Sequence[OutgoingMessage]) -> Sequence[OutgoingMessage]:
+        """The messages of ``window`` that may go out (all of them, here)."""
+        return window
+
+
 @runtime_checkable
 class Channel(Protocol):
     """A delivery backend for one channel ('email', 'sms' or 'letter')."""
@@ -132,3 +162,36 @@ class Channel(Protocol):
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """For an action a dead run left ``sending``: the result if the provider is known to
         have the message, ``False`` if it is known not to, ``None`` if it cannot tell."""
+
+    def close(self) -> None:
+        """Let go of what the backend holds (connections, worker threads). Whoever builds a
+        channel closes it (:func:`dispatch.channels.factory.open_channels`)."""
+
+
+@runtime_checkable
+class SlidingChannel(Channel, Protocol):
+    """A channel that keeps messages going out while the dispatcher records: it pulls the
+    next messages from a :class:`Handover` as earlier ones complete, instead of being
+    handed one window at a time and waiting for the window's slowest message."""
+
+    def send_stream(self, handover: Handover) -> Iterator[Answer]:
+        """Send what ``handover`` hands out; yield every answer as it comes. Raises
+        :class:`FatalChannelError` (after yielding the answers of what had started) when
+        the batch must stop."""
+
+
+def send_through(channel: Channel, handover: Handover, window: int) -> Iterator[Answer]:
+    """Every answer of ``channel`` for what ``handover`` hands out: pulled as the channel
+    goes (a :class:`SlidingChannel`), else one :meth:`Channel.send_many` per ``window``
+    messages. Either way a :class:`FatalChannelError` comes after the answers of the
+    messages handed over before the stop."""
+    if isinstance(channel, SlidingChannel):
+        yield from channel.send_stream(handover)
+        return
+    while (messages := handover.next(window)) is not None:
+        try:
+            results = channel.send_many(messages)
+        except FatalChannelError as exc:
+            yield from ((m, r) for m, r in zip(messages, exc.results or [], strict=False) if r is not None)
+            raise
+        yield from zip(messages, results, strict=True)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dispatch.channels.base import Channel
 from dispatch.config.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
@@ -37,9 +42,28 @@ def _provider_backend(settings: Settings, channel: str, backend: str) -> Channel
 
 
 def capabilities(channels: dict[str, Channel]) -> dict[str, tuple[bool, dt.timedelta | None]]:
-    """channel -> (can schedule a future delivery, how far ahead) for the due rule."""
-    caps: dict[str, tuple[bool, dt.timedelta | None]] = {}
-    for name, ch in channels.items():
-        ahead = ch.max_schedule_ahead()
-        caps[name] = (ahead is not None and name != "letter", ahead)
-    return caps
+    """channel -> (can the backend hold a future delivery, how far ahead) for the due rule,
+    which alone decides what a channel may do with it (letters never go ahead of their day:
+    :data:`dispatch.rules.scheduling.UNSCHEDULABLE_CHANNELS`)."""
+    return {
+        name: (ch.max_schedule_ahead() is not None, ch.max_schedule_ahead()) for name, ch in channels.items()
+    }
+
+
+@contextmanager
+def open_channels(settings: Settings) -> Iterator[dict[str, Channel]]:
+    """The channels of :func:`build_channels`, closed when the block ends, however it ends."""
+    channels = build_channels(settings)
+    try:
+        yield channels
+    finally:
+        close_channels(channels)
+
+
+def close_channels(channels: dict[str, Channel]) -> None:
+    """Close every channel; one that fails to close does not keep the others open."""
+    for name, channel in channels.items():
+        try:
+            channel.close()
+        except Exception:
+            log.warning("closing the %s channel (%s) failed", name, channel.provider, exc_info=True)

@@ -115,9 +115,10 @@ class OutboxChannel:
     # --- Channel protocol -------------------------------------------------------------
 
     def max_schedule_ahead(self) -> dt.timedelta | None:
-        """E-mail and SMS files record their delivery time, so any future one can be held;
-        a letter is printed when its file appears, so it never goes ahead of its day."""
-        return None if self.channel == "letter" else FAR_AHEAD
+        """Every file records its delivery time, so any future one can be held; whether a
+        channel may go ahead of its day is the due rule's decision (letters never do:
+        :data:`dispatch.rules.scheduling.UNSCHEDULABLE_CHANNELS`)."""
+        return FAR_AHEAD
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
         """Write one file per message, in order; a message already in the outbox is not rewritten.
@@ -138,6 +139,9 @@ class OutboxChannel:
         # names are durable when the outcomes are recorded, at one fsync instead of one per file.
         _fsync_directory(self.directory)
         return results
+
+    def close(self) -> None:
+        """Nothing to let go of: every file is closed once written."""
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """The file is the hand-over: its result if it exists, ``False`` if it does not

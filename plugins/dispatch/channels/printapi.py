@@ -51,7 +51,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.formats.postal_address import AddressError, PostalAddress, parse_postal_address
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
-from dispatch.channels.retry import RetryPolicy, call_with_retry, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy, call_with_retry
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 from dispatch.rules.control_chars import clean_line
@@ -106,8 +106,18 @@ class PrintApiChannel:
             headers={"User-Agent": "invoice-dispatch"},
             transport=transport,
         )
+        # _send_one retries itself (it must look the letter up after ambiguous failures), so
+        # the shared pool makes one call per message.
+        self._requests = ConcurrentSender(
+            lambda m: self._send_one(m, self._sender_fields()),
+            max_in_flight=self.max_in_flight,
+            policy=RetryPolicy(attempts=1),
+            sleep=self.sleep,
+        )
 
     def close(self) -> None:
+        """Stop the worker threads, then close the HTTP connections."""
+        self._requests.close()
         self.http.close()
 
     # --- Channel protocol -------------------------------------------------------------
@@ -125,16 +135,8 @@ class PrintApiChannel:
             )
         if not messages:
             return []
-        sender = self._sender_fields()
-        # _send_one retries itself (it must look the letter up after ambiguous failures), so
-        # the shared loop makes one call per message.
-        return send_concurrently(
-            messages,
-            lambda m: self._send_one(m, sender),
-            max_in_flight=self.max_in_flight,
-            policy=RetryPolicy(attempts=1),
-            sleep=self.sleep,
-        )
+        self._sender_fields()  # refuses a bad sender before any request
+        return self._requests.send_many(messages)
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """Ask the provider for a letter carrying this action id (see the module docstring)."""

@@ -6,12 +6,14 @@
 * :class:`DeliveryUnknownError` is never retried here: without an idempotency key a
   repeated request could deliver twice. A backend WITH an idempotency key (the print API)
   turns its own timeouts into transient errors, since its retries are safe.
-* Messages go out concurrently over the backend's kept-alive connections. Hiding a
-  provider's latency takes about rate x latency requests in flight (1,500 messages/s at
-  50 ms: 75), so the number in flight adapts (:class:`InFlightWindow`): it grows while the
-  provider answers, halves when it pushes back (429 or 5xx), and every new request waits
-  out a ``Retry-After``; it never exceeds ``max_in_flight`` (``DISPATCH_SEND_CONCURRENCY``,
-  the bound per worker, under the Airflow pool that bounds workers per provider).
+* Messages go out concurrently over the backend's kept-alive connections
+  (:class:`ConcurrentSender`): a pool of requests in flight, refilled as each completes.
+  Hiding a provider's latency takes about rate x latency requests in flight (1,500
+  messages/s at 50 ms: 75), so the number in flight adapts (:class:`InFlightWindow`): it
+  grows while the provider answers, halves when it pushes back (429 or 5xx), and every new
+  request waits out a ``Retry-After``; it never exceeds ``max_in_flight``
+  (``DISPATCH_SEND_CONCURRENCY``, the bound per worker, under the Airflow pool that bounds
+  workers per provider).
 * A :class:`FatalChannelError` stops the batch, and the results of the messages already
   handed over travel with it.
 """
@@ -22,14 +24,17 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
 from dispatch.channels.base import (
+    Answer,
     ChannelError,
     FatalChannelError,
+    Handover,
     OutgoingMessage,
     SendResult,
     TransientError,
@@ -52,8 +57,20 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1``; None: give up for this run."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return backoff * (0.5 + random.random() / 2)
+        return exponential_backoff(attempt, self.base_delay, self.max_delay) * (0.5 + random.random() / 2)
+
+
+def exponential_backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """The one back-off of the project, in seconds, after failed try ``attempt`` (from 1):
+    ``base · 2^(attempt-1)``, at least the provider's ``Retry-After``, at most ``cap``.
+
+    Requests retried within a run (:class:`RetryPolicy`, with jitter) and Airflow's retries
+    of a task (:class:`dispatch.runtime.airflow_tasks.DispatchRetryPolicy`) both use it.
+    """
+    seconds = base * 2 ** max(attempt - 1, 0)
+    if retry_after:
+        seconds = max(seconds, float(retry_after))
+    return min(seconds, cap)
 
 
 def call_with_retry(
@@ -154,66 +171,147 @@ class InFlightWindow:
         self._answered, self._rtt_sum = 0, 0.0
 
 
-def send_concurrently(
-    messages: Sequence[OutgoingMessage],
-    send_one: Callable[[OutgoingMessage], SendResult],
-    *,
-    max_in_flight: int,
-    policy: RetryPolicy,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[SendResult | ChannelError]:
-    """Send every message (each with retries); one result or error per message, in order.
+#: A sliding channel marks the next messages as handed over once the requests in flight
+#: have fallen a quarter of the window below it: one transaction per quarter window, and
+#: never more actions uncertain (marked, their outcome not recorded) than the window.
+REFILL_SHARE = 4
 
-    ``send_one`` raises the typed errors of ``dispatch.channels.base``. On a
-    :class:`FatalChannelError` the messages not yet started are not sent, and the error is
-    re-raised with ``results`` filled for the messages that finished.
+
+class ConcurrentSender:
+    """The requests of one channel: a bounded pool of worker threads, refilled as each
+    request completes (a sliding window, never a barrier waiting for a window's slowest
+    request), under an :class:`InFlightWindow` that adapts to the provider's answers.
+
+    One per channel instance, so what the window has learnt (and the worker threads) carry
+    over from one batch to the next; :meth:`close` stops the threads.
     """
-    results: list[SendResult | ChannelError | None] = [None] * len(messages)
-    stop = threading.Event()
-    window = InFlightWindow(max_in_flight)
 
-    def gated(message: OutgoingMessage) -> SendResult:
-        window.acquire()
-        started = time.monotonic()
+    def __init__(
+        self,
+        send_one: Callable[[OutgoingMessage], SendResult],
+        *,
+        max_in_flight: int,
+        policy: RetryPolicy,
+        sleep: Callable[[float], None] = time.sleep,
+        refuse: Callable[[OutgoingMessage], ChannelError | None] | None = None,
+    ) -> None:
+        """``refuse(message)``: an error for a message that must not be requested at all now
+        (no request, no retry), else None."""
+        self.send_one = send_one
+        self.policy = policy
+        self.sleep = sleep
+        self.refuse = refuse
+        self.window = InFlightWindow(max_in_flight)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
+        """Every message (each with retries); one result or error per message, in order.
+
+        On a :class:`FatalChannelError` the messages not yet started are not sent, and the
+        error is re-raised with ``results`` filled for the messages that finished.
+        """
+        positions: dict[int, list[int]] = {}
+        for i, m in enumerate(messages):
+            positions.setdefault(id(m), []).append(i)
+        results: list[SendResult | ChannelError | None] = [None] * len(messages)
         try:
-            result = send_one(message)
-        except TransientError:
-            window.release(pushed_back=True)
-            raise
-        except BaseException:
-            window.release()
-            raise
-        window.release(time.monotonic() - started)
-        return result
-
-    def one(i: int) -> None:
-        if stop.is_set():
-            return
-        try:
-            results[i] = call_with_retry(lambda: gated(messages[i]), policy, sleep)
-        except FatalChannelError:
-            stop.set()
-            raise
-        except ChannelError as exc:
-            results[i] = exc
-
-    if max_in_flight <= 1 or len(messages) <= 1:
-        for i in range(len(messages)):
-            try:
-                one(i)
-            except FatalChannelError as exc:
-                raise FatalChannelError(str(exc), results=list(results)) from exc
+            for m, r in self.stream(Handover(messages)):
+                results[positions[id(m)].pop(0)] = r
+        except FatalChannelError as exc:
+            raise FatalChannelError(str(exc), results=results) from exc
         return results  # type: ignore[return-value]
 
-    workers = min(max_in_flight, len(messages))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dispatch-send") as pool:
-        futures = [pool.submit(one, i) for i in range(len(messages))]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        fatal = next((f.exception() for f in done if isinstance(f.exception(), FatalChannelError)), None)
+    def stream(self, handover: Handover) -> Iterator[Answer]:
+        """Pull messages from ``handover`` as requests complete; yield each answer as it comes.
+
+        The pull happens in the calling thread (it writes the hand-over marks), only when the
+        requests in flight plus what it takes stay within the window. On a
+        :class:`FatalChannelError` nothing more starts, the requests in flight finish and
+        their answers are yielded, then the error is raised (without ``results``: every
+        answer has been yielded).
+        """
+        stop = threading.Event()
+        running: dict[Future[SendResult | ChannelError | None], OutgoingMessage] = {}
+        queued: deque[OutgoingMessage] = deque()
+        exhausted = False
+        fatal: FatalChannelError | None = None
+        failure: BaseException | None = None
+        pool = self._executor()
+        while True:
+            while fatal is None and failure is None and not exhausted:
+                limit = self.window.limit
+                if not queued:
+                    step = max(1, limit // REFILL_SHARE)
+                    if running and len(running) + step > limit:
+                        break
+                    taken = handover.next(step)
+                    if taken is None:
+                        exhausted = True
+                        break
+                    queued.extend(taken)
+                    continue
+                if len(running) >= limit:
+                    break
+                message = queued.popleft()
+                running[pool.submit(self._one, message, stop)] = message
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                message = running.pop(future)
+                error = future.exception()
+                if isinstance(error, FatalChannelError):
+                    fatal = fatal or error
+                    stop.set()
+                elif error is not None:
+                    failure = failure or error
+                    stop.set()
+                elif (result := future.result()) is not None:
+                    yield message, result
+        if failure is not None:
+            raise failure
         if fatal is not None:
-            stop.set()
-            wait(futures)  # let requests already in flight finish and record their answers
-            raise FatalChannelError(str(fatal), results=list(results)) from fatal
-        for f in futures:
-            f.result()
-    return results  # type: ignore[return-value]
+            raise FatalChannelError(str(fatal)) from fatal
+
+    def _one(self, message: OutgoingMessage, stop: threading.Event) -> SendResult | ChannelError | None:
+        """One message with its retries; None when the batch stopped before it started."""
+        if stop.is_set():
+            return None
+        if self.refuse is not None and (refused := self.refuse(message)) is not None:
+            return refused
+        try:
+            return call_with_retry(lambda: self._gated(message), self.policy, self.sleep)
+        except FatalChannelError:
+            raise
+        except ChannelError as exc:
+            return exc
+
+    def _gated(self, message: OutgoingMessage) -> SendResult:
+        self.window.acquire()
+        started = time.monotonic()
+        try:
+            result = self.send_one(message)
+        except TransientError:
+            self.window.release(pushed_back=True)
+            raise
+        except BaseException:
+            self.window.release()
+            raise
+        self.window.release(time.monotonic() - started)
+        return result
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.window.bound, thread_name_prefix="dispatch-send"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the worker threads (requests in flight finish first)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

@@ -36,7 +36,7 @@ import base64
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -58,9 +58,11 @@ from sendgrid.helpers.mail import (
 )
 
 from dispatch.channels.base import (
+    Answer,
     ChannelError,
     DeliveryUnknownError,
     FatalChannelError,
+    Handover,
     OutgoingMessage,
     PermanentError,
     SendResult,
@@ -68,7 +70,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.formats.mime import email_safe
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
-from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 
@@ -90,14 +92,9 @@ CONNECT_TIMEOUT = 10.0
 _MAX_REASON = 500
 
 
-def utc_now() -> dt.datetime:
-    """SendGrid compares ``send_at`` with its own (real) clock; tests replace this function."""
+def real_clock() -> dt.datetime:
+    """SendGrid compares ``send_at`` with its own (real) clock: the default of every clock here."""
     return dt.datetime.now(dt.UTC)
-
-
-def pause(seconds: float) -> None:
-    """How the channel waits between retries; tests replace this function to run fast."""
-    time.sleep(seconds)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -173,7 +170,7 @@ class SendGridApi:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_IN_FLIGHT,
-        clock: Callable[[], dt.datetime] | None = None,
+        clock: Callable[[], dt.datetime] = real_clock,
         keep_alive: bool = True,
     ) -> None:
         """``keep_alive=False`` opens a connection per request (only to measure what it costs)."""
@@ -200,7 +197,7 @@ class SendGridApi:
         return f"SendGridApi(host={self.host!r})"
 
     def now(self) -> dt.datetime:
-        return self._clock() if self._clock is not None else utc_now()
+        return self._clock()
 
     def request(
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None
@@ -364,7 +361,7 @@ class SendGridChannel:
         default_sender: str | None = None,
         max_in_flight: int = DEFAULT_IN_FLIGHT,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         activity_lookup: str = "off",
     ) -> None:
         if activity_lookup not in ACTIVITY_LOOKUPS:
@@ -376,7 +373,13 @@ class SendGridChannel:
         self.default_sender = default_sender
         self.max_in_flight = max(1, max_in_flight)
         self.policy = policy or RetryPolicy()
-        self._sleep = sleep
+        self._sender = ConcurrentSender(
+            self.send_one,
+            max_in_flight=self.max_in_flight,
+            policy=self.policy,
+            sleep=sleep,
+            refuse=self._held,
+        )
 
     def __repr__(self) -> str:
         return f"SendGridChannel(host={self.api.host!r}, max_in_flight={self.max_in_flight})"
@@ -385,27 +388,18 @@ class SendGridChannel:
         return MAX_SCHEDULE_AHEAD
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
-        """Every message, ``max_in_flight`` at a time over kept-alive connections, each retried
-        on transient failures as the policy says; raises :class:`FatalChannelError` (with the
-        results of the messages already answered) when the batch must stop."""
-        now = self.api.now()
-        held: dict[int, ChannelError] = {}
-        for i, m in enumerate(messages):
-            if (error := _beyond_window(m, now)) is not None:
-                held[i] = error
-        ready = [m for i, m in enumerate(messages) if i not in held]
-        try:
-            sent = iter(self._send_concurrently(ready))
-        except FatalChannelError as exc:
-            partial = iter(exc.results or [None] * len(ready))
-            exc.results = [None if i in held else next(partial) for i in range(len(messages))]
-            raise
-        return [held[i] if i in held else next(sent) for i in range(len(messages))]
+        """Every message, up to ``max_in_flight`` at a time over kept-alive connections, each
+        retried on transient failures as the policy says; raises :class:`FatalChannelError`
+        (with the results of the messages already answered) when the batch must stop."""
+        return self._sender.send_many(messages)
 
-    def _send_concurrently(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
-        return send_concurrently(
-            messages, self.send_one, max_in_flight=self.max_in_flight, policy=self.policy, sleep=self._wait
-        )
+    def send_stream(self, handover: Handover) -> Iterator[Answer]:
+        """The same, pulling messages from ``handover`` as requests complete
+        (:class:`dispatch.channels.base.SlidingChannel`)."""
+        return self._sender.stream(handover)
+
+    def _held(self, message: OutgoingMessage) -> ChannelError | None:
+        return _beyond_window(message, self.api.now())
 
     def send_one(self, message: OutgoingMessage) -> SendResult:
         """Hand one message to SendGrid (one request, no retry); raises the typed errors."""
@@ -442,14 +436,20 @@ class SendGridChannel:
         return found
 
     def close(self) -> None:
+        """Stop the worker threads, then close the HTTP connections."""
+        self._sender.close()
         self.api.close()
 
-    def _wait(self, seconds: float) -> None:
-        (self._sleep or pause)(seconds)
 
-
-def from_settings(settings: Settings, channel: str) -> SendGridChannel:
-    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=sendgrid``."""
+def from_settings(
+    settings: Settings,
+    channel: str,
+    *,
+    clock: Callable[[], dt.datetime] = real_clock,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SendGridChannel:
+    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=sendgrid``; ``clock`` and
+    ``sleep`` go to the constructors (the one seam tests use)."""
     if channel != "email":
         raise DispatchError(f"SendGrid can only serve the email channel, not {channel}")
     in_flight = settings.send_concurrency
@@ -458,10 +458,12 @@ def from_settings(settings: Settings, channel: str) -> SendGridChannel:
         settings.sendgrid_api_host,
         timeout=settings.http_timeout,
         max_connections=in_flight,
+        clock=clock,
     )
     return SendGridChannel(
         api,
         default_sender=settings.mail_from,
         max_in_flight=in_flight,
+        sleep=sleep,
         activity_lookup=settings.sendgrid_activity_lookup,
     )

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from email.utils import format_datetime
+from typing import Any
 
 from dispatch.channels.base import (
     ChannelError,
@@ -45,7 +46,7 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.formats.mime import build_email, message_id_for
-from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 
@@ -57,14 +58,9 @@ IMPLICIT_TLS_PORT = 465
 _CRLF = b"\r\n"
 
 
-def utc_now() -> dt.datetime:
-    """The hand-over instant written in the Date header; tests replace this function."""
+def real_clock() -> dt.datetime:
+    """The hand-over instant written in the Date header: the real clock, unless a test gives its own."""
     return dt.datetime.now(dt.UTC)
-
-
-def pause(seconds: float) -> None:
-    """How the channel waits between retries; tests replace this function to run fast."""
-    time.sleep(seconds)
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -110,7 +106,8 @@ class SmtpChannel:
         max_connections: int = 4,
         default_sender: str | None = None,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], dt.datetime] = real_clock,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
@@ -123,10 +120,13 @@ class SmtpChannel:
         self.max_connections = max(1, max_connections)
         self.default_sender = default_sender
         self.policy = policy or RetryPolicy()
-        self._sleep = sleep
+        self._clock = clock
         self._ssl_context = ssl_context
         self._idle: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
+        self._sender = ConcurrentSender(
+            self.send_one, max_in_flight=self.max_connections, policy=self.policy, sleep=sleep
+        )
 
     def __repr__(self) -> str:
         return f"SmtpChannel(host={self.host!r}, port={self.port}, user={self.user!r})"
@@ -141,15 +141,9 @@ class SmtpChannel:
         """Every message over at most ``max_connections`` reused connections; raises
         :class:`FatalChannelError` (with the results so far) when the batch must stop."""
         try:
-            return send_concurrently(
-                messages,
-                self.send_one,
-                max_in_flight=self.max_connections,
-                policy=self.policy,
-                sleep=self._wait,
-            )
+            return self._sender.send_many(messages)
         finally:
-            self.close()
+            self._quit_idle()  # a relay drops idle sessions anyway: none is kept between batches
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """A relay cannot be asked whether it queued a message: unknown."""
@@ -192,7 +186,7 @@ class SmtpChannel:
             mime = build_email(message, default_sender=self.default_sender)
             # The relay sends it now, whatever the scheduled time of day: say so.
             del mime["Date"]
-            mime["Date"] = format_datetime(utc_now())
+            mime["Date"] = format_datetime(self._clock())
             sender = mime["From"].addresses[0].addr_spec
             recipients: list[str] = []
             for address in mime["To"].addresses:
@@ -274,6 +268,11 @@ class SmtpChannel:
             return False
 
     def close(self) -> None:
+        """Stop the worker threads and QUIT every connection."""
+        self._sender.close()
+        self._quit_idle()
+
+    def _quit_idle(self) -> None:
         """QUIT every idle connection (the end of a batch)."""
         with self._lock:
             idle, self._idle = self._idle, []
@@ -343,9 +342,6 @@ class SmtpChannel:
             _close_quietly(conn)
             raise TransientError(f"SMTP relay {where} dropped the connection while opening: {exc}") from exc
 
-    def _wait(self, seconds: float) -> None:
-        (self._sleep or pause)(seconds)
-
 
 def _usable(error: ChannelError) -> ChannelError:
     """Mark a refusal after which the session can go on (after RSET) for the next message."""
@@ -353,8 +349,9 @@ def _usable(error: ChannelError) -> ChannelError:
     return error
 
 
-def from_settings(settings: Settings, channel: str) -> SmtpChannel:
-    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=smtp`` (Airflow: ``smtp_default``)."""
+def from_settings(settings: Settings, channel: str, **seams: Any) -> SmtpChannel:
+    """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=smtp`` (Airflow: ``smtp_default``);
+    ``seams`` go to the constructor as they are (``sleep``, ``clock``, ``policy``)."""
     if channel != "email":
         raise DispatchError(f"SMTP can only serve the email channel, not {channel}")
     if not settings.smtp_host:
@@ -368,4 +365,5 @@ def from_settings(settings: Settings, channel: str) -> SmtpChannel:
         timeout=settings.smtp_timeout,
         max_connections=settings.smtp_connections,
         default_sender=settings.mail_from,
+        **seams,
     )

@@ -54,7 +54,7 @@ from dispatch.channels.provider_http import (
     is_refused_before_sending,
     retry_after_seconds,
 )
-from dispatch.channels.retry import RetryPolicy, send_concurrently
+from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 
@@ -74,7 +74,8 @@ CONFIGURATION_ERROR_CODES = frozenset({20003, 21212, 21606, 21659})
 _E164 = re.compile(r"\+[1-9]\d{1,14}")
 
 
-def utc_now() -> dt.datetime:
+def real_clock() -> dt.datetime:
+    """Twilio's scheduling window is measured on the real clock: the default ``clock``."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -122,7 +123,7 @@ class TwilioChannel:
         max_segments: int = 10,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], dt.datetime] = utc_now,
+        clock: Callable[[], dt.datetime] = real_clock,
     ) -> None:
         self.messaging_service_sid = messaging_service_sid or None
         self.from_number = from_number or None
@@ -134,6 +135,9 @@ class TwilioChannel:
         #: Twilio measures the scheduling window on its own (real) clock; tests pass theirs.
         self.clock = clock
         self.http = HeaderKeepingHttpClient(timeout=timeout, pool_size=self.max_in_flight)
+        self._sender = ConcurrentSender(
+            self._send_one, max_in_flight=self.max_in_flight, policy=self.policy, sleep=self.sleep
+        )
         self.client = Client(account_sid, auth_token, http_client=self.http)
         if api_base:
             self.client.api.base_url = api_base.rstrip("/")  # the SDK builds Messages URLs from it
@@ -153,9 +157,13 @@ class TwilioChannel:
             )
         if messages and not (self.messaging_service_sid or self.from_number):
             raise FatalChannelError("Twilio needs TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER")
-        return send_concurrently(
-            messages, self._send_one, max_in_flight=self.max_in_flight, policy=self.policy, sleep=self.sleep
-        )
+        return self._sender.send_many(messages)
+
+    def close(self) -> None:
+        """Stop the worker threads, then close the HTTP connections."""
+        self._sender.close()
+        if self.http.session is not None:
+            self.http.session.close()
 
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         """Twilio keeps nothing of ours on a message (no idempotency key, no metadata) that
@@ -251,8 +259,9 @@ def _transport_error(exc: requests.exceptions.RequestException) -> ChannelError:
     )
 
 
-def from_settings(settings: Settings, channel: str) -> TwilioChannel:
-    """The channel of ``DISPATCH_SMS_BACKEND=twilio`` (CONTRACT §1)."""
+def from_settings(settings: Settings, channel: str, **seams: Any) -> TwilioChannel:
+    """The channel of ``DISPATCH_SMS_BACKEND=twilio`` (CONTRACT §1); ``seams`` are passed to
+    the constructor as they are (``policy``, ``sleep``, ``clock``: what tests inject)."""
     if channel != "sms":
         raise DispatchError(f"the twilio backend serves SMS, not {channel}")
     missing = [
@@ -277,4 +286,5 @@ def from_settings(settings: Settings, channel: str) -> TwilioChannel:
         timeout=settings.http_timeout,
         max_in_flight=settings.send_concurrency,
         max_segments=settings.twilio_max_segments,
+        **seams,
     )

@@ -208,22 +208,20 @@ class Runtime:
 
 @contextmanager
 def open_runtime(settings: Settings | None = None, *, channels: bool = False) -> Iterator[Runtime]:
-    """Engines (and channel backends if asked) for one task; disposed of at the end so a
-    long-lived worker keeps no idle connections per finished task."""
-    from dispatch.channels.factory import build_channels
+    """Engines (and channel backends if asked) for one task; disposed of and closed at the end
+    so a long-lived worker keeps no idle connections or threads per finished task."""
+    from dispatch.channels.factory import build_channels, close_channels
     from dispatch.runtime.pipeline import Engines
     from dispatch.storage.session import Database
 
     settings = settings or task_settings()
     engines = Engines.from_settings(settings)
+    built: dict[str, Channel] = {}
     try:
-        yield Runtime(
-            settings,
-            Database(engines.dispatch),
-            engines.accounting,
-            build_channels(settings) if channels else {},
-        )
+        built = build_channels(settings) if channels else {}
+        yield Runtime(settings, Database(engines.dispatch), engines.accounting, built)
     finally:
+        close_channels(built)  # the HTTP clients, SMTP sessions and sender threads it opened
         engines.dispatch.dispose()
         engines.accounting.dispose()
 
@@ -385,17 +383,6 @@ def report_task(ctx: RunContext, written: Mapping[str, Any] | None, settings: Se
 # --- retry policy ------------------------------------------------------------------------------
 
 
-def backoff_delay(
-    try_number: int, base: dt.timedelta, cap: dt.timedelta, retry_after: float | None = None
-) -> dt.timedelta:
-    """Exponential back-off (base · 2^(try-1)), at least the provider's ``Retry-After``,
-    at most ``cap``."""
-    seconds = base.total_seconds() * 2 ** max(try_number - 1, 0)
-    if retry_after:
-        seconds = max(seconds, float(retry_after))
-    return dt.timedelta(seconds=min(seconds, cap.total_seconds()))
-
-
 class DispatchRetryPolicy(RetryPolicy):
     """Retry by the kind of failure, not blindly:
 
@@ -404,8 +391,11 @@ class DispatchRetryPolicy(RetryPolicy):
       later meets the same bad key; the claims were given back untouched;
     * rate limits and transient provider errors back off exponentially, honouring
       ``Retry-After``;
-    * anything else (database unreachable, worker lost) takes the task's standard
-      exponential back-off.
+    * anything else (database unreachable, worker lost) backs off exponentially too.
+
+    The back-off is the project's one definition
+    (:func:`dispatch.channels.retry.exponential_backoff`), from ``base`` up to ``cap``; the
+    task's ``retries`` still bounds how many tries there are.
     """
 
     def __init__(self, base: dt.timedelta, cap: dt.timedelta) -> None:
@@ -417,10 +407,17 @@ class DispatchRetryPolicy(RetryPolicy):
     ) -> RetryDecision:
         if isinstance(exception, FatalChannelError | DispatchError):
             return RetryDecision.fail(f"not retryable: {type(exception).__name__}")
-        if isinstance(exception, ProviderBackoff | TransientError):
-            delay = backoff_delay(try_number, self.base, self.cap, getattr(exception, "retry_after", None))
-            return RetryDecision.retry(delay, f"provider back-off {delay.total_seconds():.0f}s")
-        return RetryDecision.default()
+        provider = isinstance(exception, ProviderBackoff | TransientError)
+        delay = self.delay(try_number, getattr(exception, "retry_after", None) if provider else None)
+        what = "provider back-off" if provider else "back-off"
+        return RetryDecision.retry(delay, f"{what} {delay.total_seconds():.0f}s")
+
+    def delay(self, try_number: int, retry_after: float | None = None) -> dt.timedelta:
+        """How long before the try after ``try_number``."""
+        from dispatch.channels.retry import exponential_backoff
+
+        base, cap = self.base.total_seconds(), self.cap.total_seconds()
+        return dt.timedelta(seconds=exponential_backoff(try_number, base, cap, retry_after))
 
     def serialize(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy import Engine
 
 from dispatch.channels.base import Channel
-from dispatch.channels.factory import build_channels
+from dispatch.channels.factory import build_channels, close_channels
 from dispatch.config.settings import Settings
 from dispatch.errors import DispatchError
 from dispatch.runtime.runs import RunContext, fail_run, start_run
@@ -91,7 +91,8 @@ def run_pipeline(
         db = Database(engines.dispatch)
     # else the caller checked the schema: the preview's rollback connection holds SQLite's
     # write lock, and a check on a second connection would wait for it forever.
-    channels = channels if channels is not None else build_channels(settings)
+    own_channels = channels is None  # the run closes what it opens, never the caller's
+    channels = build_channels(settings) if channels is None else channels
     ctx = RunContext.new(as_of, run_id=run_id, horizon=horizon)
     report = RunReport(ctx.run_id, ctx.as_of, ctx.horizon)
     say = progress or (lambda msg: log.info(msg))
@@ -127,6 +128,9 @@ def run_pipeline(
     except BaseException:
         fail_run(db, ctx.run_id)
         raise
+    finally:
+        if own_channels:
+            close_channels(channels)
     return report
 
 

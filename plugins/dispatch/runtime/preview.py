@@ -15,7 +15,7 @@ import pandas as pd
 from sqlalchemy import select, text
 
 from dispatch.channels.base import Channel, ChannelError, OutgoingMessage, SendResult
-from dispatch.channels.factory import build_channels
+from dispatch.channels.factory import open_channels
 from dispatch.config.settings import Settings
 from dispatch.runtime.pipeline import Engines, ensure_schema, run_pipeline
 from dispatch.storage.schema import invoice_actions
@@ -41,12 +41,15 @@ class PreviewChannel:
     def was_handed_over(self, action_id: str) -> SendResult | bool | None:
         return self.real.was_handed_over(action_id)  # read-only
 
+    def close(self) -> None:
+        """Nothing of its own to close: :func:`preview` closes the real channels."""
+
 
 def preview(settings: Settings, as_of: dt.datetime, *, engines: Engines | None = None) -> pd.DataFrame:
     engines = engines or Engines.from_settings(settings)
     ensure_schema(engines.dispatch)
-    channels: dict[str, Channel] = {k: PreviewChannel(v) for k, v in build_channels(settings).items()}
-    with rollback_database(engines.dispatch) as db:
+    with open_channels(settings) as real, rollback_database(engines.dispatch) as db:
+        channels: dict[str, Channel] = {k: PreviewChannel(v) for k, v in real.items()}
         with db.read() as conn:
             existing = set(conn.execute(select(invoice_actions.c.action_id)).scalars())
         report = run_pipeline(settings, as_of, engines=engines, db=db, channels=channels, run_id="preview")

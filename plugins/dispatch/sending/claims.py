@@ -313,10 +313,10 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
     known = channel.was_handed_over(rec.action_id) if channel is not None else None
     if isinstance(known, SendResult):
         return Outcome(
-            rec.action_id,
-            rec.invoice_id,
-            "sent",
-            "settled_sent",
+            action_id=rec.action_id,
+            invoice_id=rec.invoice_id,
+            status="sent",
+            event="settled_sent",
             detail=f"left sending by a dead run ({why}); {known.provider} has the message",
             recipient=rec.recipient,
             deliver_at=_aware(rec.deliver_at) or known.deliver_at,
@@ -325,17 +325,17 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
         )
     if known is False:
         return Outcome(
-            rec.action_id,
-            rec.invoice_id,
-            "scheduled",
-            "claim_released",
+            action_id=rec.action_id,
+            invoice_id=rec.invoice_id,
+            status="scheduled",
+            event="claim_released",
             detail=f"left sending by a dead run ({why}); the provider does not have the message",
         )
     return Outcome(
-        rec.action_id,
-        rec.invoice_id,
-        "manual",
-        "manual",
+        action_id=rec.action_id,
+        invoice_id=rec.invoice_id,
+        status="manual",
+        event="manual",
         manual_reason="delivery_unknown",
         detail=f"left sending by a dead run ({why}) while being handed over; "
         "the provider may or may not have accepted it",

@@ -147,7 +147,7 @@ def prepare_messages(
     deliver_at: dict[str, dt.datetime],
     *,
     default_sender: str | None,
-    today: dt.date,
+    as_of: dt.datetime,
     pdf_root: Path,
     pdf_max_bytes: int,
 ) -> Prepared:
@@ -155,8 +155,11 @@ def prepare_messages(
 
     The invoice PDF is read only through :func:`dispatch.sending.invoice_pdf.read_invoice_pdf`, from
     ``pdf_root`` and up to ``pdf_max_bytes``: whatever ``pdf_path`` says, no other file of the
-    server can become an attachment or a letter's pages.
+    server can become an attachment or a letter's pages. The template's ``today`` is the
+    as-of date in the organization's time zone: at the 05:00 UTC run, an organization in
+    Los Angeles is still on the day before.
     """
+    local_today: dict[str, dt.date] = {}  # per time zone, not per message
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
     recheck = one_per_invoice(recheck)  # a repeated invoice would make .get() return a Series
@@ -169,16 +172,18 @@ def prepare_messages(
         status = now_status.get(iid)
         if status is None or status == "void":
             why = "deleted in the accounting system" if status is None else "void in the accounting system"
-            outcomes.append(Outcome(aid, iid, "cancelled", "cancelled", detail=why))
+            outcomes.append(
+                Outcome(action_id=aid, invoice_id=iid, status="cancelled", event="cancelled", detail=why)
+            )
             continue
         r = rec.loc[aid]
         if _none(r["problem"]) is not None:
             outcomes.append(
                 Outcome(
-                    aid,
-                    iid,
-                    "manual",
-                    "manual",
+                    action_id=aid,
+                    invoice_id=iid,
+                    status="manual",
+                    event="manual",
                     manual_reason=str(r["problem"]),
                     detail=_none(r["problem_detail"]),
                 )
@@ -202,7 +207,8 @@ def prepare_messages(
             },
             organization={"id": row.org_id, "name": row.org_name},
             owner={"id": row.owner_user_id, "name": _none(row.owner_name), "email": _none(row.owner_email)},
-            today=today,
+            today=local_today.get(row.timezone)
+            or local_today.setdefault(row.timezone, as_of.astimezone(ZoneInfo(row.timezone)).date()),
         )
         spec = TemplateSpec(
             channel=row.channel,
@@ -215,10 +221,10 @@ def prepare_messages(
         except TemplateError as exc:
             outcomes.append(
                 Outcome(
-                    aid,
-                    iid,
-                    "manual",
-                    "manual",
+                    action_id=aid,
+                    invoice_id=iid,
+                    status="manual",
+                    event="manual",
                     manual_reason="template_error",
                     detail=template_fix_hint(str(exc), row.plan_id, row.template_id),
                 )
@@ -231,10 +237,10 @@ def prepare_messages(
             if isinstance(pdf, PdfRefusal):
                 outcomes.append(
                     Outcome(
-                        aid,
-                        iid,
-                        "manual",
-                        "manual",
+                        action_id=aid,
+                        invoice_id=iid,
+                        status="manual",
+                        event="manual",
                         manual_reason=pdf.reason,
                         detail=pdf_fix_hint(pdf.detail),
                     )

@@ -11,11 +11,16 @@ without sending anything twice (SPEC B1):
   channel where it can tell (the outbox's file, the print API's and SendGrid's look-ups),
   else they go to a person as ``delivery_unknown`` — never re-sent blindly.
 
-Messages go out in windows of ``DISPATCH_SEND_CONCURRENCY`` (the requests in flight; the
-embedded outbox, which settles from its files, takes larger ones). Before a window goes out,
-one transaction records the previous window's outcomes, marks the window's actions as being
-handed over and renews the claim's lease (:func:`dispatch.sending.claims.mark_handover`): no write
-per message, and at any moment at most one window is uncertain.
+Before messages go out, one transaction records the outcomes answered so far, marks the
+next messages as being handed over and renews the claim's lease
+(:func:`dispatch.sending.claims.mark_handover`): no write per message. A sliding channel
+(:class:`dispatch.channels.base.SlidingChannel`: SendGrid) pulls the
+next marked messages as earlier ones complete, so sending never waits for a window's slowest
+request, and it marks no more than its window of requests in flight
+(``DISPATCH_SEND_CONCURRENCY`` at most) beyond what is recorded; any other channel is handed
+windows of ``DISPATCH_SEND_CONCURRENCY`` messages one after the other. Either way at most
+that many actions are uncertain at any moment (the embedded outbox, which settles from its
+files, takes windows of :data:`SEND_CHUNK`).
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_
+from sqlalchemy import Connection, Engine, and_
 
 from dispatch.channels.base import (
     Channel,
     ChannelError,
     FatalChannelError,
+    Handover,
     OutgoingMessage,
     SendResult,
     TransientError,
+    send_through,
 )
 from dispatch.config.settings import Settings
 from dispatch.rules.recipients import pick_recipients
@@ -143,7 +151,7 @@ def send_claimed(
         recipients,
         deliver_at,
         default_sender=settings.mail_from,
-        today=ctx.as_of.date(),
+        as_of=ctx.as_of,
         pdf_root=settings.pdf_root,
         pdf_max_bytes=settings.pdf_max_bytes,
     )
@@ -168,13 +176,13 @@ def send_claimed(
         )
 
     attempts = dict(zip(details["action_id"], details["attempts"], strict=True))
-    by_channel: dict[str, list] = {}
+    by_channel: dict[str, list[OutgoingMessage]] = {}
     for m in prepared.messages:
         by_channel.setdefault(m.channel, []).append(m)
     done: set[str] = set()
     answered: list[Outcome] = []  # the previous window's outcomes, recorded with the next mark
 
-    def record(conn) -> None:  # type: ignore[no-untyped-def]
+    def record(conn: Connection) -> None:
         counts.update(apply_outcomes(conn, answered, token=token, at=ctx.as_of, run_id=ctx.run_id))
         done.update(o.action_id for o in answered)
         answered.clear()
@@ -182,36 +190,20 @@ def send_claimed(
     try:
         for channel_name, msgs in by_channel.items():
             channel = channels[channel_name]
-            size = window_size(channel, settings)
-            for start in range(0, len(msgs), size):
-                window = msgs[start : start + size]
+            handover = _MarkedHandover(msgs, db, token, record)
+            try:
+                for m, r in send_through(channel, handover, window_size(channel, settings)):
+                    tries = attempts.get(m.action_id, 1)
+                    answered.append(_outcome(m, r, tries, settings.max_attempts, manual))
+            except FatalChannelError as exc:
+                # A bad key or host must not turn a day's invoices into manual tasks: record
+                # what the provider did accept before the stop, give every other claim back
+                # untouched, and fail loudly.
                 with db.tx() as conn:
                     record(conn)
-                    ours = mark_handover(conn, [m.action_id for m in window], token=token)
-                # an action no longer ours was settled by a run that thought us dead: never send it
-                window = [m for m in window if m.action_id in ours]
-                if not window:
-                    continue
-                try:
-                    results = channel.send_many(window)
-                except FatalChannelError as exc:
-                    # A bad key or host must not turn a day's invoices into manual tasks: record
-                    # what the provider did accept before the stop, give every other claim back
-                    # untouched, and fail loudly.
-                    answered.extend(
-                        _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
-                        for m, r in zip(window, exc.results or [None] * len(window), strict=True)
-                        if r is not None
-                    )
-                    with db.tx() as conn:
-                        record(conn)
-                        pending = [m.action_id for m in prepared.messages if m.action_id not in done]
-                        release(conn, pending, token=token, ctx=ctx, why=f"{channel.provider}: {exc}")
-                    raise
-                answered.extend(
-                    _outcome(m, r, attempts.get(m.action_id, 1), settings.max_attempts, manual)
-                    for m, r in zip(window, results, strict=True)
-                )
+                    pending = [m.action_id for m in prepared.messages if m.action_id not in done]
+                    release(conn, pending, token=token, ctx=ctx, why=f"{channel.provider}: {exc}")
+                raise
     except BaseException:
         # This claimant stops here: say so, so that whoever finds its claims settles them now
         # rather than when the lease runs out (best effort: the lease covers the rest).
@@ -221,6 +213,29 @@ def send_claimed(
         record(conn)
         end_lease(conn, token)
     return counts
+
+
+class _MarkedHandover(Handover):
+    """Hands a channel its next messages only once they are marked as being handed over,
+    in the transaction that also records the answers so far and renews the lease
+    (:func:`dispatch.sending.claims.mark_handover`): no write per message, and an action no
+    longer ours (settled by a run that thought us dead) is never handed out."""
+
+    def __init__(
+        self,
+        messages: list[OutgoingMessage],
+        db: Database,
+        token: str,
+        record: Callable[[Connection], None],
+    ) -> None:
+        super().__init__(messages)
+        self.db, self.token, self.record = db, token, record
+
+    def allow(self, window: Sequence[OutgoingMessage]) -> Sequence[OutgoingMessage]:
+        with self.db.tx() as conn:
+            self.record(conn)
+            ours = mark_handover(conn, [m.action_id for m in window], token=self.token)
+        return [m for m in window if m.action_id in ours]
 
 
 def _drop_lease(db: Database, token: str) -> None:
@@ -241,10 +256,10 @@ def _outcome(
     recipient = ", ".join(message.recipients)
     if isinstance(result, SendResult):
         return Outcome(
-            message.action_id,
-            message.invoice_id,
-            "sent",
-            "sent_manually" if manual else "sent",
+            action_id=message.action_id,
+            invoice_id=message.invoice_id,
+            status="sent",
+            event="sent_manually" if manual else "sent",
             recipient=recipient,
             deliver_at=result.deliver_at,
             provider=result.provider,
@@ -253,18 +268,18 @@ def _outcome(
         )
     if isinstance(result, TransientError) and attempts < max_attempts and not manual:
         return Outcome(
-            message.action_id,
-            message.invoice_id,
-            "scheduled",
-            "retry_later",
+            action_id=message.action_id,
+            invoice_id=message.invoice_id,
+            status="scheduled",
+            event="retry_later",
             detail=f"attempt {attempts}/{max_attempts}: {result}",
             recipient=recipient,
         )
     return Outcome(
-        message.action_id,
-        message.invoice_id,
-        "manual",
-        "manual",
+        action_id=message.action_id,
+        invoice_id=message.invoice_id,
+        status="manual",
+        event="manual",
         manual_reason=result.reason,
         detail=str(result),
         recipient=recipient,

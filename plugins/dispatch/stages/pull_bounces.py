@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ from sqlalchemy import Connection, and_, bindparam, select, update
 
 from dispatch.channels.base import ChannelError
 from dispatch.channels.retry import RetryPolicy, call_with_retry
-from dispatch.channels.sendgrid import PROVIDER, SendGridApi, pause
+from dispatch.channels.sendgrid import PROVIDER, SendGridApi
 from dispatch.config.settings import Settings
 from dispatch.delivery import matching
 from dispatch.delivery.consequences import apply_consequences
@@ -133,7 +134,7 @@ def pull_bounces(
         settings.sendgrid_api_key or "", settings.sendgrid_api_host, timeout=settings.http_timeout
     )
     try:
-        entries = fetch_entries(api, since, until, policy or RetryPolicy(), sleep or (lambda s: pause(s)))
+        entries = fetch_entries(api, since, until, policy or RetryPolicy(), sleep or time.sleep)
     finally:
         if own_api:
             api.close()

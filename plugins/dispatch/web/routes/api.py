@@ -122,18 +122,13 @@ def _send_outcome(result: dict) -> SendOutcome:
 def send(body: ActionIds, web: Context, user: User) -> list[SendOutcome]:
     """Send manual actions now through their channel; every id is checked before any goes.
     An action that still cannot go (its cause not fixed) stays manual: ``sent`` is false."""
-    from dispatch.channels.factory import build_channels
+    from dispatch.channels.factory import open_channels
 
     try:
-        results = operations.send_actions_now(
-            web.db,
-            web.accounting_engine,
-            body.action_ids,
-            now(),
-            build_channels(web.settings),
-            web.settings,
-            actor=user,
-        )
+        with open_channels(web.settings) as channels:
+            results = operations.send_actions_now(
+                web.db, web.accounting_engine, body.action_ids, now(), channels, web.settings, actor=user
+            )
     except DispatchError as exc:
         raise _refusal(exc) from None
     return [_send_outcome(r) for r in results]

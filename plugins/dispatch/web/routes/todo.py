@@ -157,17 +157,12 @@ def send(
 
 
 def send_now(web: WebContext, action_id: str, user: str) -> dict:
-    from dispatch.channels.factory import build_channels
+    from dispatch.channels.factory import open_channels
 
-    return operations.send_action_now(
-        web.db,
-        web.accounting_engine,
-        action_id,
-        now(),
-        build_channels(web.settings),
-        web.settings,
-        actor=user,
-    )
+    with open_channels(web.settings) as channels:
+        return operations.send_action_now(
+            web.db, web.accounting_engine, action_id, now(), channels, web.settings, actor=user
+        )
 
 
 def sent_words(action_id: str, result: dict) -> str:
