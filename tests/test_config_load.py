@@ -18,7 +18,10 @@ from typing import NamedTuple
 import pytest
 import sqlalchemy as sa
 import yaml
-from dispatch.config.file import Counts, LoadSummary, dump_config, load_config_file, template_version_id
+from dispatch.config.dump import dump_config
+from dispatch.config.load import load_config_file
+from dispatch.config.models import template_version_id
+from dispatch.config.write import Counts, LoadSummary
 from dispatch.errors import ConfigError
 from dispatch.storage.engine import make_engine
 from dispatch.storage.migrate import upgrade

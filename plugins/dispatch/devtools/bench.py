@@ -52,7 +52,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from dispatch.config.file import load_config_file
+from dispatch.config.load import load_config_file
 from dispatch.config.settings import Settings, load_settings
 from dispatch.devtools import bench_email
 from dispatch.devtools.bench_data import (

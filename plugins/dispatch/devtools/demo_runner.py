@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import text
 
-from dispatch.config.file import load_config_file
+from dispatch.config.load import load_config_file
 from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings
 from dispatch.devtools.demo_data import apply_accounting_changes, build_demo
 from dispatch.paths import resolve
