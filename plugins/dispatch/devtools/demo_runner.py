@@ -14,7 +14,7 @@ import pandas as pd
 from sqlalchemy import text
 
 from dispatch.config.load import load_config_file
-from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings
+from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings_or_exit
 from dispatch.devtools.demo_data import apply_accounting_changes, build_demo
 from dispatch.paths import resolve
 from dispatch.people.operations import todo_list
@@ -138,7 +138,7 @@ def announce(summary) -> None:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings_or_exit()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
     announce(summary)

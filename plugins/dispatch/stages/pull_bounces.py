@@ -35,7 +35,7 @@ from sqlalchemy import Connection, and_, bindparam, select, update
 from dispatch.channels.base import ChannelError
 from dispatch.channels.retry import RetryPolicy, call_with_retry
 from dispatch.channels.sendgrid import PROVIDER, SendGridApi, pause
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.runtime.runs import RunContext
 from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, upsert
@@ -114,7 +114,7 @@ def pull_bounces(
 
     own_api = api is None
     api = api or SendGridApi(
-        settings.sendgrid_api_key or "", settings.sendgrid_api_host, timeout=settings.http_timeout
+        reveal(settings.sendgrid_api_key) or "", settings.sendgrid_api_host, timeout=settings.http_timeout
     )
     try:
         entries = fetch_entries(api, since, until, policy or RetryPolicy(), sleep or (lambda s: pause(s)))
