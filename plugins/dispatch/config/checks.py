@@ -186,9 +186,9 @@ def check_references(
     _check_sms_countries(refs)
     for i, plan in refs.plans:
         owner = plan.invoice_sending.owner if plan.invoice_sending else None
-        loc = ("plans", i, "invoice_sending", "owner")
-        if owner and refs.known(loc, owner, refs.user_ids, "user"):
-            refs.same_org(loc, owner, refs.plan_org[i])
+        owner_loc = ("plans", i, "invoice_sending", "owner")
+        if owner and refs.known(owner_loc, owner, refs.user_ids, "user"):
+            refs.same_org(owner_loc, owner, refs.plan_org[i])
 
     file_customers = [a.customer for _, a in refs.assignments]
     knock_on = [c for _, p in refs.plans for c in stored.assigned_to.get(p.id, [])]

@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, RowMapping, select
 
 from dispatch.config.models import Assignment, InvoiceSending, Organization, Plan, User
 from dispatch.storage.bulk import chunks
 from dispatch.storage.schema import customer_plans, invoice_templates, organizations, plans, users
 
 
-def _entry(model: type[BaseModel], row: Mapping[str, Any]) -> dict[str, Any]:
+def _entry(model: type[BaseModel], row: Mapping[str, Any] | RowMapping) -> dict[str, Any]:
     """The file's entry of one stored row: each field from its column, absent when NULL."""
     entry: dict[str, Any] = {}
     for name, info in model.model_fields.items():

@@ -132,9 +132,9 @@ class _Reader:
             self.document.spots[loc] = Spot(line(node), key_line, node.style, node.value)
             return None if node.tag == TAG_NULL else Scalar(node.value, node.tag)
         self.document.spots[loc] = Spot(line(node), key_line)
-        if isinstance(node, SequenceNode):
-            return [self.value(item, (*loc, i), line(item)) for i, item in enumerate(node.value)]
-        return self.mapping(node, loc)
+        if isinstance(node, MappingNode):
+            return self.mapping(node, loc)
+        return [self.value(item, (*loc, i), line(item)) for i, item in enumerate(node.value)]
 
     def mapping(self, node: MappingNode, loc: Loc) -> dict[str, Any]:
         data: dict[str, Any] = {}
