@@ -59,19 +59,14 @@ class Problems:
         """``section[index] (id).field.subfield``; the id is the entry's, as written."""
         text = ""
         data = self.document.data
-        section = loc[0] if loc else None
         for part in loc:
             if isinstance(part, int):
-                text += f"[{part}]"
-                entry = data[part] if isinstance(data, list) and part < len(data) else None
-                ident = entry.get(self.id_fields.get(str(section), "")) if isinstance(entry, dict) else None
-                if isinstance(ident, str) and ident:
-                    text += f" ({ident})"
+                data = data[part] if isinstance(data, list) and part < len(data) else None
+                ident = data.get(self.id_fields.get(str(loc[0]), "")) if isinstance(data, dict) else None
+                text += f"[{part}] ({ident})" if isinstance(ident, str) and ident else f"[{part}]"
             else:
+                data = data.get(part) if isinstance(data, dict) else None
                 text += f".{part}" if text else part
-            data = (
-                data.get(part) if isinstance(data, dict) else data[part] if _indexable(data, part) else None
-            )
         return text
 
     def __bool__(self) -> bool:
@@ -81,7 +76,3 @@ class Problems:
         """One line per problem, in file order: the first line alone is a complete message."""
         ordered = sorted(self.items, key=lambda p: p.line)  # stable: same line keeps check order
         return ConfigError("\n".join(p.format(self.document.source) for p in ordered))
-
-
-def _indexable(data: object, part: str | int) -> bool:
-    return isinstance(data, list) and isinstance(part, int) and part < len(data)
