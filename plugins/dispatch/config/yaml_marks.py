@@ -12,8 +12,8 @@ Why it is built the way it is:
   optional field takes its default and a required one is reported missing.
 - A key given twice in one mapping is recorded here (the data keeps the first): a plain
   dict could not tell.
-- Everything that could exhaust the process is bounded before or while reading: the file
-  size, the nesting depth, and the number of values aliases expand to.
+- Everything that could exhaust the process is bounded before reading: the file size and
+  the nesting depth; aliases are never expanded (a repeated node is one Python object).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from dispatch.errors import ConfigError
 MAX_FILE_BYTES = 10_000_000
 #: how deep mappings and lists may nest (the format itself needs 4 levels)
 MAX_NESTING = 50
-#: how many values the document may expand to through aliases (a "billion laughs" file is small)
-MAX_VALUES = 1_000_000
 TAG_NULL = "tag:yaml.org,2002:null"
 TAG_INT = "tag:yaml.org,2002:int"
 TAG_BOOL = "tag:yaml.org,2002:bool"
@@ -114,30 +112,33 @@ def read_document(path: Path, *, ignored_top_level_prefix: str = "") -> Document
 
 
 class _Reader:
-    """Turns nodes into data and spots, counting values against :data:`MAX_VALUES`."""
+    """Turns nodes into data and spots. A node reached again through an alias gives the
+    same Python object, read once: a "billion laughs" file stays as small as it is written
+    (the values under a repeated alias are placed at the alias)."""
 
     def __init__(self, document: Document, ignored_prefix: str) -> None:
         self.document = document
         self.ignored_prefix = ignored_prefix
-        self.count = 0
+        self.read: dict[int, Any] = {}
 
     def value(self, node: Node, loc: Loc, key_line: int) -> Any:
-        self.count += 1
-        if self.count > MAX_VALUES:
-            raise ConfigError(
-                f"{self.document.source}:{line(node)}: the file expands to more than {MAX_VALUES} values "
-                "(YAML aliases)"
-            )
         if isinstance(node, ScalarNode):
             self.document.spots[loc] = Spot(line(node), key_line, node.style, node.value)
             return None if node.tag == TAG_NULL else Scalar(node.value, node.tag)
         self.document.spots[loc] = Spot(line(node), key_line)
+        if id(node) in self.read:
+            return self.read[id(node)]
         if isinstance(node, MappingNode):
-            return self.mapping(node, loc)
-        return [self.value(item, (*loc, i), line(item)) for i, item in enumerate(node.value)]
+            data: dict[str, Any] = {}
+            self.read[id(node)] = data  # before its children: an anchor may refer to itself
+            self.mapping(node, loc, data)
+            return data
+        items: list[Any] = []
+        self.read[id(node)] = items
+        items.extend(self.value(item, (*loc, i), line(item)) for i, item in enumerate(node.value))
+        return items
 
-    def mapping(self, node: MappingNode, loc: Loc) -> dict[str, Any]:
-        data: dict[str, Any] = {}
+    def mapping(self, node: MappingNode, loc: Loc, data: dict[str, Any]) -> None:
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else kind(key_node)
@@ -150,7 +151,6 @@ class _Reader:
             if isinstance(value_node, ScalarNode) and value_node.tag == TAG_NULL:
                 continue  # null counts as absent
             data[key] = self.value(value_node, (*loc, key), line(key_node))
-        return data
 
 
 def _read_bounded(path: Path) -> bytes:
