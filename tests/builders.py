@@ -42,8 +42,9 @@ import pandas as pd
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner, Result
-from dispatch.config.file import LoadSummary, load_config_file
+from dispatch.config.load import load_config_file
 from dispatch.config.settings import Settings, load_settings
+from dispatch.config.write import LoadSummary
 from dispatch.runtime.pipeline import RunReport, run_pipeline
 from dispatch.storage import accounting_schema as acc
 from dispatch.storage.engine import make_engine

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +19,10 @@ from typing import NamedTuple
 import pytest
 import sqlalchemy as sa
 import yaml
-from dispatch.config.file import Counts, LoadSummary, dump_config, load_config_file, template_version_id
+from dispatch.config.dump import dump_config
+from dispatch.config.load import load_config_file
+from dispatch.config.models import template_version_id
+from dispatch.config.write import Counts, LoadSummary
 from dispatch.errors import ConfigError
 from dispatch.storage.engine import make_engine
 from dispatch.storage.migrate import upgrade
@@ -1223,3 +1227,43 @@ def test_template_version_id_is_the_documented_hash() -> None:
         == STD_TEMPLATE
     )
     assert re.fullmatch(r"plan_std@[0-9a-f]{12}", STD_TEMPLATE)
+
+
+def test_aliases_are_never_expanded(tmp_path: Path, engine: sa.Engine) -> None:
+    """A "billion laughs" file is a few hundred bytes; reading it must stay that small and
+    quick, and it is refused for what it is (a list where an entry should be: on the line
+    of the anchor, where the list is written)."""
+    lines = ["x-0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"x-{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\norganizations: [*l8]\nusers: &self [*self]\n"
+    path = write(tmp_path, text)
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path, engine, now=NOW)
+
+    assert time.monotonic() - started < 5
+    assert str(caught.value).splitlines() == [
+        f"{path}:9: organizations[0]: expected a mapping of id, name, timezone, send_time, country, "
+        "holidays, invoice_sending_enabled_at, default_owner, mail_from, reply_to, got a list",
+        f"{path}:11: users[0]: expected a mapping of id, org, name, email, got a list",
+    ]
+    assert snapshot(engine) == {t.name: [] for t in CONFIG_TABLES}
+
+
+def test_an_entry_with_a_mistake_is_not_reported_again_by_what_refers_to_it(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    """The plan refers to an organization whose own entry is wrong: one problem, not two."""
+    text = (
+        "organizations:\n  - {id: a, name: A, timezone: Mars/Olympus}\n"
+        "plans:\n  - {id: p, org: a, name: P, level: customer,\n"
+        "     invoice_sending: {channel: sms, automatic: true}}\n"
+        "assignments:\n  - {customer: c, plan: p}\n"
+    )
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path, engine, now=NOW)
+
+    assert str(caught.value) == f"{path}:2: organizations[0] (a).timezone: unknown time zone 'Mars/Olympus'"

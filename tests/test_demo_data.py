@@ -381,7 +381,7 @@ def test_demo_config_is_rendered_and_complete(demo) -> None:
 
 
 def test_demo_config_loads_with_the_real_loader(demo, tmp_path: Path) -> None:
-    from dispatch.config.file import load_config_file
+    from dispatch.config.load import load_config_file
     from dispatch.storage.migrate import upgrade
 
     summary = demo[0]
@@ -525,7 +525,7 @@ def test_bench_exact_counts_config_and_append(db_urls: dict[str, str], tmp_path:
 
 
 def test_bench_append_fraction_and_config_loads(tmp_path: Path) -> None:
-    from dispatch.config.file import load_config_file
+    from dispatch.config.load import load_config_file
     from dispatch.storage.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'bench.db'}"

@@ -4,12 +4,19 @@ allows (issue 7); the CLI turns that into exit 2 (tests/test_bad_input.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from dispatch.config.settings import ENV_NAMES, INT_RANGES, SECONDS_RANGES, load_settings
+from dispatch.config.settings import ENV_NAMES, INT_RANGES, SECONDS_RANGES, load_settings, reveal
 from dispatch.errors import DispatchError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def refusal(env: dict[str, str]) -> str:
@@ -107,3 +114,58 @@ def test_a_database_url_from_an_airflow_connection_is_checked_too() -> None:
 
 def test_backends_are_one_of_their_names() -> None:
     assert "expected one of outbox, sendgrid, smtp" in refusal({"DISPATCH_EMAIL_BACKEND": "mailgun"})
+
+
+@pytest.mark.parametrize("module", ["dispatch.devtools.airflow_demo", "dispatch.devtools.demo_runner"])
+def test_a_bad_lease_at_the_demo_entry_points_is_one_line_and_exit_2(tmp_path: Path, module: str) -> None:
+    """``make demo`` reads the settings outside the CLI; a bad value used to end in a traceback."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+        "DISPATCH_HOME": str(tmp_path),
+        "DISPATCH_CLAIM_LEASE_SECONDS": "abc",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "dispatch: DISPATCH_CLAIM_LEASE_SECONDS='abc': expected a number of seconds from 1 to 604800\n"
+    )
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+SECRETS = {
+    "SENDGRID_API_KEY": "sendgrid_api_key",
+    "SMTP_PASSWORD": "smtp_password",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "PRINTAPI_KEY": "printapi_key",
+    "PRINTAPI_WEBHOOK_SECRET": "printapi_webhook_secret",
+    "DISPATCH_WEB_TOKEN": "web_token",
+}
+
+
+def test_secrets_are_kept_out_of_every_printed_form() -> None:
+    env = {name: f"s3cr3t-{i}" for i, name in enumerate(SECRETS)}
+    env["DISPATCH_DB_URL"] = "postgresql+psycopg://dispatch:dbs3cr3t@db.internal/dispatch"
+    env["SENDGRID_WEBHOOK_PUBLIC_KEY"] = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"
+    loaded = load_settings(environ=env)
+
+    for i, (env_name, name) in enumerate(SECRETS.items()):
+        value = getattr(loaded, name)
+        assert isinstance(value, SecretStr), env_name
+        assert reveal(value) == f"s3cr3t-{i}"
+    assert loaded.sendgrid_webhook_public_key == "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"
+    assert loaded.dispatch_db_url.endswith("dbs3cr3t@db.internal/dispatch")
+    for shown in (repr(loaded), str(loaded)):
+        assert "s3cr3t" not in shown, shown
+    assert load_settings(environ={}).web_token is None
+
+
+def test_a_changed_copy_is_checked_like_the_environment() -> None:
+    base = load_settings(environ={})
+    assert base.with_(batch_size=7).batch_size == 7
+    assert isinstance(base.with_(sendgrid_api_key="SG.k").sendgrid_api_key, SecretStr)
+    with pytest.raises(DispatchError, match=r"^DISPATCH_BATCH_SIZE=.*from 1 to 100000"):
+        base.with_(batch_size=0)

@@ -233,7 +233,7 @@ def config() -> None:
 @handle_errors
 def config_load(file: Path) -> None:
     """Load FILE.yaml (all-or-nothing; see docs/configuration.md)."""
-    from dispatch.config.file import load_config_file
+    from dispatch.config.load import load_config_file
     from dispatch.runtime.pipeline import ensure_schema
     from dispatch.storage.engine import make_engine
 
@@ -624,7 +624,7 @@ def web(host: str, port: int, user: str | None) -> None:
 @handle_errors
 def demo(today: str | None, seed: int) -> None:
     """Write the demo accounting database and load the demo configuration (no run)."""
-    from dispatch.config.file import load_config_file
+    from dispatch.config.load import load_config_file
     from dispatch.devtools.demo_data import build_demo
     from dispatch.paths import resolve
     from dispatch.storage.engine import make_engine

@@ -112,7 +112,7 @@ class DemoCopy:
 
 
 def build_demo_copy(root: Path, dispatch_url: str, accounting_url: str) -> DemoCopy:
-    from dispatch.config.file import load_config_file
+    from dispatch.config.load import load_config_file
     from dispatch.devtools.demo_data import build_demo
     from dispatch.storage.engine import make_engine
     from dispatch.storage.migrate import upgrade

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pendulum
 import pytest
 from dispatch.channels.base import ChannelError, OutgoingMessage, SendResult, TransientError
-from dispatch.config.settings import load_settings
+from dispatch.config.settings import load_settings, reveal
 from dispatch.errors import DispatchError
 from dispatch.runtime import airflow_tasks as steps
 from dispatch.runtime.runs import RunContext
@@ -126,7 +126,7 @@ def test_connections_become_settings_and_environment_variables_win(monkeypatch: 
         from_connections.dispatch_db_url
         == "postgresql+psycopg://dispatch:s3cr%20et@db.internal:5432/dispatch"
     )
-    assert from_connections.sendgrid_api_key == "SG.key"
+    assert reveal(from_connections.sendgrid_api_key) == "SG.key"
     assert "SG.key" not in repr(from_connections)
 
     env_wins = load_settings(

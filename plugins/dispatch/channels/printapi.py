@@ -52,7 +52,7 @@ from dispatch.channels.base import (
 from dispatch.channels.formats.postal_address import AddressError, PostalAddress, parse_postal_address
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy, call_with_retry
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 from dispatch.rules.control_chars import clean_line
 
@@ -380,7 +380,7 @@ def from_settings(settings: Settings, channel: str) -> PrintApiChannel:
         raise DispatchError(f"DISPATCH_LETTER_BACKEND=printapi needs {', '.join(missing)}")
     return PrintApiChannel(
         base_url=str(settings.printapi_url),
-        api_key=str(settings.printapi_key),
+        api_key=reveal(settings.printapi_key) or "",
         from_address=str(settings.printapi_from_address),
         default_country=settings.printapi_default_country,
         timeout=settings.http_timeout,

@@ -71,7 +71,7 @@ from dispatch.channels.base import (
 from dispatch.channels.formats.mime import email_safe
 from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def from_settings(
         raise DispatchError(f"SendGrid can only serve the email channel, not {channel}")
     in_flight = settings.send_concurrency
     api = SendGridApi(
-        settings.sendgrid_api_key or "",
+        reveal(settings.sendgrid_api_key) or "",
         settings.sendgrid_api_host,
         timeout=settings.http_timeout,
         max_connections=in_flight,

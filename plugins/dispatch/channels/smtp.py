@@ -47,7 +47,7 @@ from dispatch.channels.base import (
 )
 from dispatch.channels.formats.mime import build_email, message_id_for
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ def from_settings(settings: Settings, channel: str, **seams: Any) -> SmtpChannel
         settings.smtp_host,
         settings.smtp_port,
         user=settings.smtp_user,
-        password=settings.smtp_password,
+        password=reveal(settings.smtp_password),
         starttls=settings.smtp_starttls,
         timeout=settings.smtp_timeout,
         max_connections=settings.smtp_connections,

@@ -55,7 +55,7 @@ from dispatch.channels.provider_http import (
     retry_after_seconds,
 )
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 
 PROVIDER = "twilio"
@@ -278,7 +278,7 @@ def from_settings(settings: Settings, channel: str, **seams: Any) -> TwilioChann
         raise DispatchError(f"DISPATCH_SMS_BACKEND=twilio needs {', '.join(missing)}")
     return TwilioChannel(
         account_sid=str(settings.twilio_account_sid),
-        auth_token=str(settings.twilio_auth_token),
+        auth_token=reveal(settings.twilio_auth_token) or "",
         messaging_service_sid=settings.twilio_messaging_service_sid,
         from_number=settings.twilio_from_number,
         status_callback=settings.twilio_status_callback,

@@ -1,17 +1,28 @@
 """One configuration for the CLI and the DAG: environment variables (CONTRACT §1) first,
 then Airflow Connections when running inside Airflow, then the embedded defaults.
 
-Secrets are kept out of ``repr`` so that a settings object printed in a log leaks nothing.
+Each setting is declared once, as a field of :class:`Settings` (pydantic-settings): its
+type and allowed range, its default, and the environment variable it is read from (its
+alias). A bad value stops the command with one line naming the variable and what it
+allows (:class:`DispatchError`: the CLI exits 2), never a traceback. Secrets are
+``SecretStr``: a settings object printed in a log leaks no key, and database passwords are
+masked too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import quote
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import quote, urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dispatch.errors import DispatchError
 from dispatch.paths import resolve
@@ -21,273 +32,297 @@ DEFAULT_ACCOUNTING_DB = "sqlite:///var/accounting.db"
 DEFAULT_OUTBOX = "var/outbox"
 DEFAULT_PDF_ROOT = "var/invoices"
 DEFAULT_PDF_MAX_BYTES = 20 * 1024 * 1024
-
-EMAIL_BACKENDS = ("outbox", "sendgrid", "smtp")
-SMS_BACKENDS = ("outbox", "twilio")
-LETTER_BACKENDS = ("outbox", "printapi")
-
-
-def _secret() -> str | None:
-    return field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a stage needs to know about its environment."""
-
-    dispatch_db_url: str = DEFAULT_DISPATCH_DB
-    accounting_db_url: str = DEFAULT_ACCOUNTING_DB
-    outbox_dir: Path = field(default_factory=lambda: resolve(DEFAULT_OUTBOX))
-    #: the folder invoice PDFs are read from; a pdf_path leading anywhere else is refused
-    pdf_root: Path = field(default_factory=lambda: resolve(DEFAULT_PDF_ROOT))
-    #: a larger invoice PDF is refused (manual invalid_pdf), and never read beyond this
-    pdf_max_bytes: int = DEFAULT_PDF_MAX_BYTES
-    email_backend: str = "outbox"
-    sms_backend: str = "outbox"
-    letter_backend: str = "outbox"
-    mail_from: str | None = None
-    sendgrid_api_key: str | None = _secret()
-    sendgrid_api_host: str = "https://api.sendgrid.com"
-    #: settle a dead run's in-flight e-mails through SendGrid's Email Activity API: off | found | full
-    sendgrid_activity_lookup: str = "off"
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_user: str | None = None
-    smtp_password: str | None = _secret()
-    smtp_starttls: bool = True
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = _secret()
-    twilio_messaging_service_sid: str | None = None
-    twilio_api_base: str | None = None
-    #: sender number when no Messaging Service is configured (a Messaging Service is needed to schedule)
-    twilio_from_number: str | None = None
-    #: optional URL Twilio calls with delivery status updates
-    twilio_status_callback: str | None = None
-    #: an SMS longer than this many segments is refused (manual provider_rejected)
-    twilio_max_segments: int = 10
-    printapi_url: str | None = None
-    printapi_key: str | None = _secret()
-    #: return address of letters: a saved address id (adr_…) or a postal block
-    printapi_from_address: str | None = None
-    #: ISO country of recipient addresses written without a country line
-    printapi_default_country: str | None = None
-    #: how many actions one claim takes (and one mapped task sends)
-    batch_size: int = 500
-    #: a claim whose lease was not renewed for this long (wall clock) was left by a dead run (SPEC "Time")
-    claim_lease: dt.timedelta = dt.timedelta(minutes=5)
-    #: provider attempts across runs before a transient failure becomes manual provider_error
-    max_attempts: int = 3
-    #: extract re-reads this much before the watermark, for rows committed late in the source
-    extract_lookback: dt.timedelta = dt.timedelta(hours=1)
-    #: provider requests in flight at once per worker (HTTP backends), over kept-alive connections
-    send_concurrency: int = 128  # the bound of requests in flight per worker; the window adapts below it
-    #: seconds to wait for a provider's HTTP answer; past it a sent request is delivery_unknown
-    http_timeout: float = 30.0
-    #: seconds an SMTP relay may take for a reply (connect, each command, the answer to DATA)
-    smtp_timeout: float = 60.0
-    #: SMTP connections used at once per worker (each sends its messages one after the other)
-    smtp_connections: int = 4
-    # --- the web pages (CONTRACT §8) ---
-    #: the standalone token of ``dispatch web`` (none: a random one per start)
-    web_token: str | None = _secret()
-    #: signs sessions and CSRF tokens; default: derived from the web token (standalone) or
-    #: random per process (inside Airflow: set it when the api-server runs several workers)
-    web_secret: str | None = _secret()
-    # --- delivery webhooks (issue 13): the keys that check the providers' signatures ---------
-    #: SendGrid's Event Webhook verification key (base64, Mail Settings › Signed Event Webhook)
-    sendgrid_webhook_public_key: str | None = None
-    #: the print API's webhook secret (HMAC-SHA256 of "<timestamp>.<body>", Lob's scheme)
-    printapi_webhook_secret: str | None = _secret()
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("DISPATCH_EMAIL_BACKEND", self.email_backend, EMAIL_BACKENDS),
-            ("DISPATCH_SMS_BACKEND", self.sms_backend, SMS_BACKENDS),
-            ("DISPATCH_LETTER_BACKEND", self.letter_backend, LETTER_BACKENDS),
-        ):
-            if value not in allowed:
-                raise DispatchError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-
-    def __repr__(self) -> str:
-        """Secrets never reach a log: keys are left out and database passwords masked."""
-        shown = []
-        for f in fields(self):
-            if not f.repr:
-                continue
-            value = getattr(self, f.name)
-            if f.name.endswith("_db_url"):
-                value = _mask_password(str(value))
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
-
-    def with_(self, **changes: object) -> Settings:
-        """A copy with some values changed (tests, preview)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
-
-
-ENV_NAMES: dict[str, str] = {
-    "dispatch_db_url": "DISPATCH_DB_URL",
-    "accounting_db_url": "ACCOUNTING_DB_URL",
-    "outbox_dir": "DISPATCH_OUTBOX_DIR",
-    "pdf_root": "DISPATCH_PDF_ROOT",
-    "pdf_max_bytes": "DISPATCH_PDF_MAX_BYTES",
-    "email_backend": "DISPATCH_EMAIL_BACKEND",
-    "sms_backend": "DISPATCH_SMS_BACKEND",
-    "letter_backend": "DISPATCH_LETTER_BACKEND",
-    "mail_from": "DISPATCH_MAIL_FROM",
-    "sendgrid_api_key": "SENDGRID_API_KEY",
-    "sendgrid_api_host": "SENDGRID_API_HOST",
-    "sendgrid_activity_lookup": "SENDGRID_ACTIVITY_LOOKUP",
-    "smtp_host": "SMTP_HOST",
-    "smtp_port": "SMTP_PORT",
-    "smtp_user": "SMTP_USER",
-    "smtp_password": "SMTP_PASSWORD",
-    "smtp_starttls": "SMTP_STARTTLS",
-    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
-    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
-    "twilio_messaging_service_sid": "TWILIO_MESSAGING_SERVICE_SID",
-    "twilio_api_base": "TWILIO_API_BASE",
-    "printapi_url": "PRINTAPI_URL",
-    "printapi_key": "PRINTAPI_KEY",
-    "twilio_from_number": "TWILIO_FROM_NUMBER",
-    "twilio_status_callback": "TWILIO_STATUS_CALLBACK",
-    "twilio_max_segments": "TWILIO_MAX_SEGMENTS",
-    "printapi_from_address": "PRINTAPI_FROM_ADDRESS",
-    "printapi_default_country": "PRINTAPI_DEFAULT_COUNTRY",
-    "batch_size": "DISPATCH_BATCH_SIZE",
-    "claim_lease": "DISPATCH_CLAIM_LEASE_SECONDS",
-    "max_attempts": "DISPATCH_MAX_ATTEMPTS",
-    "send_concurrency": "DISPATCH_SEND_CONCURRENCY",
-    "http_timeout": "DISPATCH_HTTP_TIMEOUT",
-    "smtp_timeout": "SMTP_TIMEOUT",
-    "smtp_connections": "SMTP_CONNECTIONS",
-    # the web pages
-    "web_token": "DISPATCH_WEB_TOKEN",
-    "web_secret": "DISPATCH_WEB_SECRET",
-}
-# delivery webhooks (issue 13); Twilio's callbacks are checked with TWILIO_AUTH_TOKEN
-ENV_NAMES.update(
-    {
-        "sendgrid_webhook_public_key": "SENDGRID_WEBHOOK_PUBLIC_KEY",
-        "printapi_webhook_secret": "PRINTAPI_WEBHOOK_SECRET",
-    }
-)
-
-
-# Allowed ranges of the numeric settings, inclusive: (low, high). The upper bounds are far
-# above any real use; they exist so that a typo (an extra zero, "1e309") is refused with a
-# message instead of overflowing a timedelta or starving a worker.
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "smtp_port": (1, 65_535),
-    "batch_size": (1, 100_000),
-    "max_attempts": (1, 100),
-    "send_concurrency": (1, 1_024),
-    "smtp_connections": (1, 256),
-    "twilio_max_segments": (1, 100),
-    "pdf_max_bytes": (1, 1_073_741_824),  # 1 GiB
-}
-SECONDS_RANGES: dict[str, tuple[float, float]] = {
-    "http_timeout": (0.001, 3_600.0),
-    "smtp_timeout": (0.001, 3_600.0),
-    #: a lease under one second would make live claims look dead (exactly-once, SPEC "Time")
-    "claim_lease": (1.0, 7 * 86_400.0),
-}
+DEFAULT_SEND_CONCURRENCY = 128
 BOOL_WORDS: dict[str, bool] = {
     **dict.fromkeys(("1", "true", "yes", "on"), True),
     **dict.fromkeys(("0", "false", "no", "off"), False),
 }
-#: settings that hold an http(s) URL of a provider
-HTTP_URL_SETTINGS = ("sendgrid_api_host", "twilio_api_base", "printapi_url", "twilio_status_callback")
-DB_URL_SETTINGS = ("dispatch_db_url", "accounting_db_url")
 DB_BACKENDS = ("sqlite", "postgresql")
 DB_DRIVERS = ("pysqlite", "psycopg")
+DB_URL_SETTINGS = ("dispatch_db_url", "accounting_db_url")
 _SHOWN_CHARS = 40
+#: an error context flag: the value is not repeated (a URL may carry a password or a key)
+_HIDDEN = "hidden"
 
 
-def _shown(raw: str) -> str:
-    """The value as quoted in a message: one line, and short (the value may be huge)."""
-    text = raw if len(raw) <= _SHOWN_CHARS else raw[: _SHOWN_CHARS - 1] + "…"
-    return repr(text)
+def _refuse(message: str, *, hidden: bool = False) -> PydanticCustomError:
+    return PydanticCustomError("setting", message, {_HIDDEN: True} if hidden else None)
 
 
-def _number(name: str, raw: str, *, integer: bool) -> int | float:
-    env_name = ENV_NAMES[name]
-    low, high = INT_RANGES[name] if integer else SECONDS_RANGES[name]
-    what = "an integer" if integer else "a number of seconds"
-    bounds = f"from {low} to {high}" if integer else f"from {low:g} to {high:g}"
-    try:
-        value: int | float = int(raw.strip()) if integer else float(raw.strip())
-    except ValueError:
-        raise DispatchError(f"{env_name}={_shown(raw)}: expected {what} {bounds}") from None
-    if not low <= value <= high:  # NaN fails both comparisons
-        raise DispatchError(f"{env_name}={_shown(raw)}: expected {what} {bounds}")
-    return value
+# --- how values are read ------------------------------------------------------------------
 
 
-def _http_url(name: str, raw: str) -> str:
-    from urllib.parse import urlsplit
-
-    env_name = ENV_NAMES[name]
-    try:
-        parts = urlsplit(raw.strip())
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError:
-        ok = False
-    if not ok or any(c.isspace() or ord(c) < 32 for c in raw.strip()):
-        # the value is not repeated: a URL may carry credentials (https://user:key@host)
-        raise DispatchError(f"{env_name}: expected an http:// or https:// URL with a host")
-    return raw.strip()
+def _sqlite_relative(url: str) -> str:
+    """``sqlite:///var/x.db`` is relative to the repository root, not the current directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return prefix + str(resolve(url[len(prefix) :]))
+    return url
 
 
-def check_db_url(env_name: str, url: str) -> None:
-    """Refuse what SQLAlchemy could not open, naming the variable but never echoing the URL
-    (it may carry a password)."""
+def _database_url(url: str) -> str:
+    """Refuse what SQLAlchemy could not open, without echoing the URL (it may carry a
+    password); a relative SQLite path is made relative to the repository root."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     hint = "expected a database URL such as sqlite:///var/dispatch.db or postgresql+psycopg://user@host/db"
-    if "\x00" in url or any(ord(c) < 32 for c in url):
-        raise DispatchError(f"{env_name}: {hint} (it contains control characters)")
+    if any(ord(c) < 32 for c in url):
+        raise _refuse(f"{hint} (it contains control characters)", hidden=True)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise DispatchError(f"{env_name}: {hint}") from None
+        raise _refuse(hint, hidden=True) from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in DB_BACKENDS and backend != "postgres":
-        raise DispatchError(f"{env_name}: {hint} (backend {backend[:20]!r} is not sqlite or postgresql)")
+        raise _refuse(f"{hint} (backend {backend[:20]!r} is not sqlite or postgresql)", hidden=True)
     if driver and driver not in DB_DRIVERS:  # only these drivers are installed
-        raise DispatchError(
-            f"{env_name}: {hint} (driver {driver[:20]!r} is not one of {', '.join(DB_DRIVERS)})"
-        )
+        raise _refuse(f"{hint} (driver {driver[:20]!r} is not one of {', '.join(DB_DRIVERS)})", hidden=True)
+    return _sqlite_relative(url)
 
 
-def _convert(name: str, raw: str) -> object:
-    """The typed value of one environment variable, or a one-line :class:`DispatchError`
-    naming the variable and what it allows (the CLI exits 2 with it)."""
-    if name in ("outbox_dir", "pdf_root"):
-        if "\x00" in raw:
-            raise DispatchError(f"{ENV_NAMES[name]}: a path cannot contain a NUL byte")
-        return resolve(raw)
-    if name in INT_RANGES:
-        return _number(name, raw, integer=True)
-    if name == "claim_lease":
-        return dt.timedelta(seconds=_number(name, raw, integer=False))
-    if name in SECONDS_RANGES:
-        return _number(name, raw, integer=False)
-    if name == "smtp_starttls":
-        word = raw.strip().lower()
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() or ord(c) < 32 for c in value):
+        raise _refuse("expected an http:// or https:// URL with a host", hidden=True)
+    return value
+
+
+def _path(value: object) -> object:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _refuse("a path cannot contain a NUL byte", hidden=True)
+        return resolve(value)
+    return value
+
+
+def _seconds(value: object) -> object:
+    """A number of seconds as a timedelta; a number timedelta cannot hold is refused here
+    (``1e309`` would overflow it) and the range is the field's."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise PydanticCustomError("float_parsing", "not a number") from None
+        if not math.isfinite(seconds) or abs(seconds) > 1e12:
+            raise PydanticCustomError("finite_number", "out of range")
+        return dt.timedelta(seconds=seconds)
+    return value
+
+
+def _word(value: object) -> object:
+    if isinstance(value, str):
+        word = value.strip().lower()
         if word not in BOOL_WORDS:
-            raise DispatchError(f"{ENV_NAMES[name]}={_shown(raw)}: expected one of {', '.join(BOOL_WORDS)}")
+            raise _refuse(f"expected one of {', '.join(BOOL_WORDS)}")
         return BOOL_WORDS[word]
-    if name in HTTP_URL_SETTINGS:
-        return _http_url(name, raw)
-    if name == "sendgrid_activity_lookup":
-        value = raw.strip().lower()
-        if value not in ("off", "found", "full"):
-            raise DispatchError(f"SENDGRID_ACTIVITY_LOOKUP={_shown(raw)}: expected one of off, found, full")
-        return value
-    return raw
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Folder = Annotated[Path, BeforeValidator(_path)]
+Flag = Annotated[bool, BeforeValidator(_word)]
+Lease = Annotated[
+    dt.timedelta, Field(ge=dt.timedelta(seconds=1), le=dt.timedelta(days=7)), BeforeValidator(_seconds)
+]
+Timeout = Annotated[float, Field(ge=0.001, le=3_600.0, allow_inf_nan=False)]
+EmailBackend = Literal["outbox", "sendgrid", "smtp"]
+SmsBackend = Literal["outbox", "twilio"]
+LetterBackend = Literal["outbox", "printapi"]
+ActivityLookup = Annotated[Literal["off", "found", "full"], BeforeValidator(_lower)]
+
+
+def _env(name: str, default: Any = None, **kwargs: Any) -> Any:
+    """A field read from the environment variable ``name``."""
+    if "default_factory" in kwargs:
+        return Field(validation_alias=name, **kwargs)
+    return Field(default, validation_alias=name, **kwargs)
+
+
+def _int(name: str, default: int, low: int, high: int) -> Any:
+    return _env(name, default, ge=low, le=high)
+
+
+# The upper bounds of the numbers are far above any real use; they exist so that a typo (an
+# extra zero, "1e309") is refused with a message instead of overflowing a timedelta or
+# starving a worker.
+class Settings(BaseSettings):
+    """Everything a stage needs to know about its environment."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
+
+    dispatch_db_url: DatabaseUrl = _env(
+        "DISPATCH_DB_URL", default_factory=lambda: _sqlite_relative(DEFAULT_DISPATCH_DB)
+    )
+    accounting_db_url: DatabaseUrl = _env(
+        "ACCOUNTING_DB_URL", default_factory=lambda: _sqlite_relative(DEFAULT_ACCOUNTING_DB)
+    )
+    outbox_dir: Folder = _env("DISPATCH_OUTBOX_DIR", default_factory=lambda: resolve(DEFAULT_OUTBOX))
+    #: the folder invoice PDFs are read from; a pdf_path leading anywhere else is refused
+    pdf_root: Folder = _env("DISPATCH_PDF_ROOT", default_factory=lambda: resolve(DEFAULT_PDF_ROOT))
+    #: a larger invoice PDF is refused (manual invalid_pdf), and never read beyond this
+    pdf_max_bytes: int = _int("DISPATCH_PDF_MAX_BYTES", DEFAULT_PDF_MAX_BYTES, 1, 1_073_741_824)  # 1 GiB
+    email_backend: EmailBackend = _env("DISPATCH_EMAIL_BACKEND", "outbox")
+    sms_backend: SmsBackend = _env("DISPATCH_SMS_BACKEND", "outbox")
+    letter_backend: LetterBackend = _env("DISPATCH_LETTER_BACKEND", "outbox")
+    mail_from: str | None = _env("DISPATCH_MAIL_FROM")
+    sendgrid_api_key: SecretStr | None = _env("SENDGRID_API_KEY")
+    sendgrid_api_host: HttpUrl = _env("SENDGRID_API_HOST", "https://api.sendgrid.com")
+    #: settle a dead run's in-flight e-mails through SendGrid's Email Activity API: off | found | full
+    sendgrid_activity_lookup: ActivityLookup = _env("SENDGRID_ACTIVITY_LOOKUP", "off")
+    #: public key that signs SendGrid's Event Webhook requests (the web pages check it)
+    sendgrid_webhook_public_key: str | None = _env("SENDGRID_WEBHOOK_PUBLIC_KEY")
+    smtp_host: str | None = _env("SMTP_HOST")
+    smtp_port: int = _int("SMTP_PORT", 587, 1, 65_535)
+    smtp_user: str | None = _env("SMTP_USER")
+    smtp_password: SecretStr | None = _env("SMTP_PASSWORD")
+    smtp_starttls: Flag = _env("SMTP_STARTTLS", True)
+    twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr | None = _env("TWILIO_AUTH_TOKEN")
+    twilio_messaging_service_sid: str | None = _env("TWILIO_MESSAGING_SERVICE_SID")
+    twilio_api_base: HttpUrl | None = _env("TWILIO_API_BASE")
+    #: sender number when no Messaging Service is configured (a Messaging Service is needed to schedule)
+    twilio_from_number: str | None = _env("TWILIO_FROM_NUMBER")
+    #: optional URL Twilio calls with delivery status updates
+    twilio_status_callback: HttpUrl | None = _env("TWILIO_STATUS_CALLBACK")
+    #: an SMS longer than this many segments is refused (manual provider_rejected)
+    twilio_max_segments: int = _int("TWILIO_MAX_SEGMENTS", 10, 1, 100)
+    printapi_url: HttpUrl | None = _env("PRINTAPI_URL")
+    printapi_key: SecretStr | None = _env("PRINTAPI_KEY")
+    #: shared secret that signs the print-and-mail provider's tracking webhooks
+    printapi_webhook_secret: SecretStr | None = _env("PRINTAPI_WEBHOOK_SECRET")
+    #: return address of letters: a saved address id (adr_…) or a postal block
+    printapi_from_address: str | None = _env("PRINTAPI_FROM_ADDRESS")
+    #: ISO country of recipient addresses written without a country line
+    printapi_default_country: str | None = _env("PRINTAPI_DEFAULT_COUNTRY")
+    #: the token that opens the pages of ``dispatch web`` (none: a random one per start)
+    web_token: SecretStr | None = _env("DISPATCH_WEB_TOKEN")
+    #: signs sessions and CSRF tokens; default: derived from the web token (standalone) or
+    #: random per process (in Airflow: set it when the api-server runs several workers)
+    web_secret: SecretStr | None = _env("DISPATCH_WEB_SECRET")
+    #: how many actions one claim takes (and one mapped task sends)
+    batch_size: int = _int("DISPATCH_BATCH_SIZE", 500, 1, 100_000)
+    #: a claim whose lease was not renewed for this long (wall clock) was left by a dead run
+    #: (SPEC "Time"); under one second live claims would look dead (exactly-once)
+    claim_lease: Lease = _env("DISPATCH_CLAIM_LEASE_SECONDS", dt.timedelta(minutes=5))
+    #: provider attempts across runs before a transient failure becomes manual provider_error
+    max_attempts: int = _int("DISPATCH_MAX_ATTEMPTS", 3, 1, 100)
+    #: extract re-reads this much before the watermark, for rows committed late in the source
+    extract_lookback: dt.timedelta = dt.timedelta(hours=1)
+    #: provider requests in flight at once per worker (HTTP backends), over kept-alive connections;
+    #: the bound of requests in flight per worker, the window adapts below it
+    send_concurrency: int = _int("DISPATCH_SEND_CONCURRENCY", DEFAULT_SEND_CONCURRENCY, 1, 1_024)
+    #: seconds to wait for a provider's HTTP answer; past it a sent request is delivery_unknown
+    http_timeout: Timeout = _env("DISPATCH_HTTP_TIMEOUT", 30.0)
+    #: seconds an SMTP relay may take for a reply (connect, each command, the answer to DATA)
+    smtp_timeout: Timeout = _env("SMTP_TIMEOUT", 60.0)
+    #: SMTP connections used at once per worker (each sends its messages one after the other)
+    smtp_connections: int = _int("SMTP_CONNECTIONS", 4, 1, 256)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``Settings(...)`` takes only what it is given: :func:`load_settings` decides where
+        values come from (an explicit environment, Airflow Connections)."""
+        return (init_settings,)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Secrets never reach a log: keys are SecretStr, database passwords are masked."""
+        for name, value in super().__repr_args__():
+            yield name, _mask_password(str(value)) if name in DB_URL_SETTINGS else value
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some values changed (tests, preview), checked like any other."""
+        return _validated(self.model_dump() | changes)
+
+
+def _bounds(name: str) -> tuple[Any, Any]:
+    low = high = None
+    for rule in Settings.model_fields[name].metadata:
+        low, high = getattr(rule, "ge", low), getattr(rule, "le", high)
+    return low, high
+
+
+def _seconds_of(value: Any) -> float:
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+#: setting -> the environment variable it is read from (CONTRACT §1)
+ENV_NAMES: dict[str, str] = {
+    name: str(info.validation_alias) for name, info in Settings.model_fields.items() if info.validation_alias
+}
+#: the allowed ranges of the numeric settings, inclusive: (low, high)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    name: _bounds(name) for name, info in Settings.model_fields.items() if info.annotation is int
+}
+SECONDS_RANGES: dict[str, tuple[float, float]] = {
+    name: (_seconds_of(_bounds(name)[0]), _seconds_of(_bounds(name)[1]))
+    for name, info in Settings.model_fields.items()
+    if info.annotation in (float, dt.timedelta) and name in ENV_NAMES
+}
+_FIELD_OF_ENV = {env: name for name, env in ENV_NAMES.items()}
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The secret's text, where a client needs it (and only there)."""
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _shown(raw: object) -> str:
+    """The value as quoted in a message: one line, and short (the value may be huge)."""
+    text = str(raw)
+    return repr(text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…")
+
+
+def _expected(name: str) -> str:
+    """What a setting allows, in words, from its declaration."""
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        return f"expected an integer from {low} to {high}"
+    if name in SECONDS_RANGES:
+        low_s, high_s = SECONDS_RANGES[name]
+        return f"expected a number of seconds from {low_s:g} to {high_s:g}"
+    allowed = get_args(Settings.model_fields[name].annotation)
+    if allowed and all(isinstance(a, str) for a in allowed):
+        return f"expected one of {', '.join(allowed)}"
+    return "not a valid value"
+
+
+def _one_line(error: ErrorDetails) -> str:
+    """A pydantic error of one setting as the line the user reads: ``NAME='value': expected …``
+    (without the value when it may hold a secret)."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    name = _FIELD_OF_ENV.get(key, key)
+    env_name = ENV_NAMES.get(name, key)
+    hidden = bool((error.get("ctx") or {}).get(_HIDDEN))
+    message = error["msg"] if error["type"] == "setting" else _expected(name)
+    return f"{env_name}: {message}" if hidden else f"{env_name}={_shown(error['input'])}: {message}"
+
+
+def _validated(values: Mapping[str, object]) -> Settings:
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise DispatchError(_one_line(exc.errors()[0])) from None
 
 
 def _mask_password(url: str) -> str:
@@ -299,12 +334,20 @@ def _mask_password(url: str) -> str:
         return "<unparseable url>"
 
 
-def _sqlite_relative(url: str) -> str:
-    """``sqlite:///var/x.db`` is relative to the repository root, not the current directory."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        return prefix + str(resolve(url[len(prefix) :]))
-    return url
+# --- where values come from -------------------------------------------------------------------
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``os.environ`` by
+    default; the bench's child process and the tests pass their own): exact names, empty
+    values ignored."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k: v for k, v in self._environ.items() if v != ""}
 
 
 ConnectionLookup = Callable[[str], Mapping[str, object] | None]
@@ -327,7 +370,7 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
         if conn.get("host"):
             values["sendgrid_api_host"] = str(conn["host"])
         extra = conn.get("extra") or {}
-        if isinstance(extra, Mapping):  # delivery webhooks (issue 13)
+        if isinstance(extra, Mapping):
             values["sendgrid_webhook_public_key"] = extra.get("webhook_public_key")
     if conn := lookup("twilio_default"):
         values["twilio_account_sid"] = conn.get("login")
@@ -342,8 +385,7 @@ def airflow_connection_values(lookup: ConnectionLookup) -> dict[str, object]:
             values["twilio_api_base"] = str(conn["host"])
     if conn := lookup("smtp_default"):
         values["smtp_host"] = conn.get("host")
-        if conn.get("port"):
-            values["smtp_port"] = int(str(conn["port"]))
+        values["smtp_port"] = conn.get("port")
         values["smtp_user"] = conn.get("login")
         values["smtp_password"] = conn.get("password")
         extra = conn.get("extra") or {}
@@ -388,20 +430,20 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     airflow_lookup: ConnectionLookup | None = None,
 ) -> Settings:
-    """Settings from the environment, then Airflow connections, then defaults."""
-    environ = os.environ if environ is None else environ
+    """Settings from the environment, then Airflow connections, then defaults; a bad value
+    is a one-line :class:`DispatchError` naming its variable."""
     values: dict[str, object] = {}
     if airflow_lookup is not None:
-        values.update(airflow_connection_values(airflow_lookup))
-    names = {f.name for f in fields(Settings)}
-    for name, env_name in ENV_NAMES.items():
-        raw = environ.get(env_name)
-        if raw not in (None, "") and name in names:
-            values[name] = _convert(name, raw)
-    for key in DB_URL_SETTINGS:
-        if key in values:
-            check_db_url(ENV_NAMES[key], str(values[key]))
-            values[key] = _sqlite_relative(str(values[key]))
-    values.setdefault("dispatch_db_url", _sqlite_relative(DEFAULT_DISPATCH_DB))
-    values.setdefault("accounting_db_url", _sqlite_relative(DEFAULT_ACCOUNTING_DB))
-    return Settings(**values)  # type: ignore[arg-type]
+        values.update({ENV_NAMES[k]: v for k, v in airflow_connection_values(airflow_lookup).items()})
+    values.update(_Environment(os.environ if environ is None else environ)())
+    return _validated(values)
+
+
+def load_settings_or_exit() -> Settings:
+    """:func:`load_settings` for an entry point outside the ``dispatch`` CLI (``make demo``):
+    a bad value is its one line on stderr and exit 2, as the CLI answers, not a traceback."""
+    try:
+        return load_settings()
+    except DispatchError as exc:
+        print(f"dispatch: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

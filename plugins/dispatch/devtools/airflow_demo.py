@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from dispatch.config.settings import Settings, load_settings
+from dispatch.config.settings import Settings, load_settings_or_exit
 from dispatch.devtools.demo_data import apply_accounting_changes
 from dispatch.devtools.demo_runner import announce, day_line, demo_days, prepare, print_summary
 from dispatch.devtools.demo_webhooks import run_with_own_web
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     # Airflow reads its configuration when first imported: point it at var/airflow first.
     os.environ.update(local_airflow_env())
-    settings = load_settings()
+    settings = load_settings_or_exit()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
     announce(summary)

@@ -52,8 +52,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from dispatch.config.file import load_config_file
-from dispatch.config.settings import Settings, load_settings
+from dispatch.config.load import load_config_file
+from dispatch.config.settings import DEFAULT_SEND_CONCURRENCY, Settings, load_settings
 from dispatch.devtools import bench_email
 from dispatch.devtools.bench_data import (
     EMAIL_NOW_PLANS,
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     common = {"first_day": args.first_day, "workdir": workdir, "pg_admin": pg_admin, "say": say}
     say("SendGrid figures …")
-    sendgrid = measure_sendgrid(args.sendgrid_messages, Settings.send_concurrency, 0.05)
+    sendgrid = measure_sendgrid(args.sendgrid_messages, DEFAULT_SEND_CONCURRENCY, 0.05)
     for backend in backends:
         point = scale_point(backend, args.invoices, new=new, full=True, **common)
         double = scale_point(backend, 2 * args.invoices, new=new, full=False, **common)

@@ -207,12 +207,12 @@ def report(fig: SendGridFigures) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from dispatch.config.settings import Settings
+    from dispatch.config.settings import DEFAULT_SEND_CONCURRENCY
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument(
-        "--in-flight", type=int, default=Settings.send_concurrency, help="bound of requests in flight"
+        "--in-flight", type=int, default=DEFAULT_SEND_CONCURRENCY, help="bound of requests in flight"
     )
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added to every answer")
     parser.add_argument("--airflow-messages", type=int, default=100, help="messages for the provider loop")

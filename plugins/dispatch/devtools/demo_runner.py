@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import text
 
-from dispatch.config.file import load_config_file
-from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings
+from dispatch.config.load import load_config_file
+from dispatch.config.settings import DEFAULT_DISPATCH_DB, Settings, load_settings_or_exit
 from dispatch.devtools.demo_data import DemoSummary, apply_accounting_changes, build_demo
 from dispatch.paths import resolve
 from dispatch.people.operations import todo_list
@@ -140,7 +140,7 @@ def announce(summary: DemoSummary) -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings_or_exit()
     today = dt.datetime.now(dt.UTC).date()
     summary = prepare(settings, today)
     announce(summary)

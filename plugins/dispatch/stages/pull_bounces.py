@@ -44,7 +44,7 @@ from sqlalchemy import Connection, and_, bindparam, select, update
 from dispatch.channels.base import ChannelError
 from dispatch.channels.retry import RetryPolicy, call_with_retry
 from dispatch.channels.sendgrid import PROVIDER, SendGridApi
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.delivery import matching
 from dispatch.delivery.consequences import apply_consequences
 from dispatch.runtime.runs import RunContext
@@ -131,7 +131,7 @@ def pull_bounces(
 
     own_api = api is None
     api = api or SendGridApi(
-        settings.sendgrid_api_key or "", settings.sendgrid_api_host, timeout=settings.http_timeout
+        reveal(settings.sendgrid_api_key) or "", settings.sendgrid_api_host, timeout=settings.http_timeout
     )
     try:
         entries = fetch_entries(api, since, until, policy or RetryPolicy(), sleep or time.sleep)

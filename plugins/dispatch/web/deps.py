@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import Engine
 
-from dispatch.config.settings import Settings
+from dispatch.config.settings import Settings, reveal
 from dispatch.storage.session import Database
 from dispatch.web import security
 from dispatch.web.auth import Authenticator, Identity
@@ -41,7 +41,7 @@ class WebContext:
         for this process (then several api-server workers would not accept each other's)."""
         if self.given_secret is not None:
             return self.given_secret
-        configured = self.settings.web_secret
+        configured = reveal(self.settings.web_secret)
         return security.derive_secret(configured) if configured else security.random_secret()
 
     @functools.cached_property

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dispatch.config.settings import reveal
 from dispatch.delivery import printapi, sendgrid, twilio
 from dispatch.delivery.event import DeliveryEvent, PayloadError, SignatureError
 from dispatch.delivery.receive import Sweeper, receive
@@ -114,7 +115,7 @@ async def twilio_status(request: Request, web: Context) -> JSONResponse:
         return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def check() -> Sequence[DeliveryEvent]:
-        token = web.settings.twilio_auth_token
+        token = reveal(web.settings.twilio_auth_token)
         if not token:
             raise SignatureError("twilio: TWILIO_AUTH_TOKEN is not set, nothing can be verified")
         params = twilio.read_form(body)
@@ -134,7 +135,7 @@ async def printapi_events(request: Request, web: Context) -> JSONResponse:
         return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def check() -> Sequence[DeliveryEvent]:
-        secret = web.settings.printapi_webhook_secret
+        secret = reveal(web.settings.printapi_webhook_secret)
         if not secret:
             raise SignatureError("printapi: PRINTAPI_WEBHOOK_SECRET is not set, nothing can be verified")
         printapi.verify(
