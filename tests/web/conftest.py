@@ -162,10 +162,13 @@ def chromium_path() -> str | None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():  # type: ignore[no-untyped-def]
     """Debian's headless chromium driven by Playwright (its own browser download cannot reach
-    the network). Missing: skipped on a developer's machine, a failure when CI=true."""
+    the network). Missing: skipped on a developer's machine, a failure when CI=true.
+
+    Package-scoped: Playwright's sync API keeps an event loop running in the main thread while
+    it is open, and tests of other packages (the webhooks' burst) run their own ``asyncio.run``."""
     path = chromium_path()
     if path is None:
         if os.environ.get("CI", "").lower() == "true":
