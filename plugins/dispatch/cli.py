@@ -20,6 +20,7 @@ import click
 import pandas as pd
 
 from dispatch.errors import DispatchError
+from dispatch.vocabulary import ActionStatus, EventName
 
 if TYPE_CHECKING:  # the commands import the library when they run, for a quick --help
     from sqlalchemy import Engine
@@ -320,13 +321,17 @@ def run(at: str | None, as_json: bool) -> None:
 def format_report(report: RunReport) -> str:
     run_c = report.counts.get("run", {})
     totals = report.counts.get("totals", {})
+
+    def events(name: EventName) -> Any:
+        return run_c.get(f"events.{name}", 0)
+
     lines = [
         f"run {report.run_id} as of {report.as_of:%Y-%m-%d %H:%M}Z "
         f"(covers until {report.horizon:%Y-%m-%d %H:%M}Z)",
         f"  imported {run_c.get('imported', 0)}, rejected {run_c.get('rejected', 0)}, "
-        f"actions created {run_c.get('events.created', 0)}",
-        f"  sent {run_c.get('events.sent', 0)}, to do {run_c.get('events.manual', 0)}, "
-        f"cancelled {run_c.get('events.cancelled', 0)}, retry later {run_c.get('events.retry_later', 0)}",
+        f"actions created {events(EventName.CREATED)}",
+        f"  sent {events(EventName.SENT)}, to do {events(EventName.MANUAL)}, "
+        f"cancelled {events(EventName.CANCELLED)}, retry later {events(EventName.RETRY_LATER)}",
     ]
     reasons = {k.split(".", 1)[1]: v for k, v in run_c.items() if k.startswith("manual.") and v}
     if reasons:
@@ -463,9 +468,9 @@ def todo_send(action_id: str, at: str | None, by: str | None) -> None:
             settings,
             actor=by,
         )
-    if result["status"] == "cancelled":  # the re-check found the invoice void or deleted (B5)
+    if result["status"] == ActionStatus.CANCELLED:  # the re-check found the invoice void or deleted (B5)
         raise Fail(f"action {action_id} not sent and cancelled: {result['detail']}")
-    if result["status"] != "sent":
+    if result["status"] != ActionStatus.SENT:
         raise Fail(
             f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); "
             "it stays in the to-do list"

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from dispatch.vocabulary import ChannelName, ManualReason
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -63,20 +65,20 @@ class SendResult:
 class ChannelError(Exception):
     """Base of the typed errors a channel raises for one message or the whole batch."""
 
-    reason: str = "provider_error"
+    reason: ManualReason = ManualReason.PROVIDER_ERROR
 
 
 class PermanentError(ChannelError):
     """The provider refused this message (4xx): do not retry; manual ``provider_rejected``."""
 
-    reason = "provider_rejected"
+    reason = ManualReason.PROVIDER_REJECTED
 
 
 class TransientError(ChannelError):
     """Rate limit, 5xx, cannot connect: nothing was accepted; retry later (``provider_error``
     once attempts are exhausted). ``retry_after`` in seconds when the provider said so."""
 
-    reason = "provider_error"
+    reason = ManualReason.PROVIDER_ERROR
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -87,7 +89,7 @@ class DeliveryUnknownError(ChannelError):
     """The request went out but no answer came back: it may have been accepted. Never
     retried without an idempotency key; the action becomes manual ``delivery_unknown``."""
 
-    reason = "delivery_unknown"
+    reason = ManualReason.DELIVERY_UNKNOWN
 
 
 class FatalChannelError(ChannelError):
@@ -96,10 +98,9 @@ class FatalChannelError(ChannelError):
 
     ``results`` (when set by ``send_many``) holds, per message of the call, the outcome of
     the messages that were handed over before the stop, and ``None`` for the others: the
-    dispatcher records the former and gives the latter back untouched.
+    dispatcher records the former and gives the latter back untouched. No action takes
+    this error's ``reason`` (an action never becomes manual over a bad key or host).
     """
-
-    reason = "configuration_error"
 
     def __init__(self, message: str, results: list[SendResult | ChannelError | None] | None = None) -> None:
         super().__init__(message)
@@ -143,7 +144,7 @@ class Channel(Protocol):
     #: provider name stored on the action ('outbox', 'sendgrid', 'smtp', 'twilio', 'printapi')
     provider: str
     #: the channel this backend serves
-    channel: str
+    channel: ChannelName
 
     def max_schedule_ahead(self) -> dt.timedelta | None:
         """How far ahead the provider can hold a message for a future ``deliver_at``.

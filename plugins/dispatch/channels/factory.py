@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from dispatch.channels.base import Channel
 from dispatch.config.settings import Settings
+from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
 
@@ -19,21 +20,23 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
 
     out: dict[str, Channel] = {}
     if settings.email_backend == "outbox":
-        out["email"] = OutboxChannel(settings.outbox_dir, "email", default_sender=settings.mail_from)
+        out[ChannelName.EMAIL] = OutboxChannel(
+            settings.outbox_dir, ChannelName.EMAIL, default_sender=settings.mail_from
+        )
     else:
-        out["email"] = _provider_backend(settings, "email", settings.email_backend)
+        out[ChannelName.EMAIL] = _provider_backend(settings, ChannelName.EMAIL, settings.email_backend)
     if settings.sms_backend == "outbox":
-        out["sms"] = OutboxChannel(settings.outbox_dir, "sms")
+        out[ChannelName.SMS] = OutboxChannel(settings.outbox_dir, ChannelName.SMS)
     else:
-        out["sms"] = _provider_backend(settings, "sms", settings.sms_backend)
+        out[ChannelName.SMS] = _provider_backend(settings, ChannelName.SMS, settings.sms_backend)
     if settings.letter_backend == "outbox":
-        out["letter"] = OutboxChannel(settings.outbox_dir, "letter")
+        out[ChannelName.LETTER] = OutboxChannel(settings.outbox_dir, ChannelName.LETTER)
     else:
-        out["letter"] = _provider_backend(settings, "letter", settings.letter_backend)
+        out[ChannelName.LETTER] = _provider_backend(settings, ChannelName.LETTER, settings.letter_backend)
     return out
 
 
-def _provider_backend(settings: Settings, channel: str, backend: str) -> Channel:
+def _provider_backend(settings: Settings, channel: ChannelName, backend: str) -> Channel:
     """Real providers live in their own modules, imported only when selected."""
     import importlib
 

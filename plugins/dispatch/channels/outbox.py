@@ -34,11 +34,12 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.formats.mime import build_email, deliver_at_iso, parse_deliver_at
+from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
 
 #: File name suffix per channel.
-SUFFIXES: dict[str, str] = {"email": ".eml", "sms": ".json", "letter": ".pdf"}
+SUFFIXES: dict[str, str] = {ChannelName.EMAIL: ".eml", ChannelName.SMS: ".json", ChannelName.LETTER: ".pdf"}
 
 #: "Can hold any future delivery time", kept small enough that ``now + ahead`` never overflows.
 FAR_AHEAD = dt.timedelta(days=365 * 100)
@@ -107,7 +108,7 @@ class OutboxChannel:
         if channel not in SUFFIXES:
             raise ValueError(f"the outbox has no channel {channel!r} (known: {', '.join(SUFFIXES)})")
         self.root_dir = Path(root_dir)
-        self.channel = channel
+        self.channel = ChannelName(channel)
         self.default_sender = default_sender
         self.directory = self.root_dir / channel
         self._directory_ready = False
@@ -223,7 +224,7 @@ class OutboxChannel:
         """Add a letter to its day's print manifest (:mod:`~dispatch.channels.formats.letter_manifest`);
         returns the problem when the manifest cannot be written. ``content``: the bytes of a file this
         call has just written (listed without a look); an existing file is listed if missing."""
-        if self.channel != "letter":
+        if self.channel != ChannelName.LETTER:
             return None
         from dispatch.channels.formats import letter_manifest
 
@@ -243,9 +244,9 @@ class OutboxChannel:
         """The file content; ``ValueError`` for a message that can never be handed over."""
         if message.deliver_at.tzinfo is None:
             raise ValueError("deliver_at must be timezone-aware")
-        if self.channel == "email":
+        if self.channel == ChannelName.EMAIL:
             return _render_email(message, self.default_sender)
-        if self.channel == "sms":
+        if self.channel == ChannelName.SMS:
             return _render_sms(message)
         from dispatch.channels.formats.letter_pdf import (
             letter_for_message,  # fpdf2 and pypdf: only letters need them
@@ -292,14 +293,14 @@ def _render_sms(message: OutgoingMessage) -> bytes:
 
 
 def _read_deliver_at(channel: str, path: Path) -> dt.datetime:
-    if channel == "email":
+    if channel == ChannelName.EMAIL:
         with path.open("rb") as handle:
             headers = BytesHeaderParser(policy=default_policy).parse(handle)
         value = headers["X-Deliver-At"]
         if value is None:
             raise ValueError("no X-Deliver-At header")
         return parse_deliver_at(str(value))
-    if channel == "sms":
+    if channel == ChannelName.SMS:
         return parse_deliver_at(json.loads(path.read_text(encoding="utf-8"))["deliver_at"])
     from dispatch.channels.formats.letter_pdf import read_letter_metadata
 

@@ -55,6 +55,7 @@ from dispatch.channels.retry import ConcurrentSender, RetryPolicy, call_with_ret
 from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 from dispatch.rules.control_chars import clean_line
+from dispatch.vocabulary import ChannelName
 
 PROVIDER = "printapi"
 US_LETTER = (612.0, 792.0)  # points: 8.5 x 11 in
@@ -75,7 +76,7 @@ class PrintApiChannel:
     """Implements :class:`dispatch.channels.base.Channel` for letters through the print API."""
 
     provider = PROVIDER
-    channel = "letter"
+    channel = ChannelName.LETTER
 
     def __init__(
         self,
@@ -365,7 +366,7 @@ def _utc(message: OutgoingMessage) -> dt.datetime:
 
 def from_settings(settings: Settings, channel: str) -> PrintApiChannel:
     """The channel of ``DISPATCH_LETTER_BACKEND=printapi`` (CONTRACT §1)."""
-    if channel != "letter":
+    if channel != ChannelName.LETTER:
         raise DispatchError(f"the printapi backend serves letters, not {channel}")
     missing = [
         name

@@ -73,6 +73,7 @@ from dispatch.channels.provider_http import error_for_status, is_name_resolution
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
+from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def build_mail_body(
     Raises :class:`PermanentError` for a message that can never be sent as it is (no sender,
     no recipient, another channel).
     """
-    if message.channel != "email":
+    if message.channel != ChannelName.EMAIL:
         raise PermanentError(f"SendGrid sends e-mail, not {message.channel}")
     try:  # the gate of every e-mail: no control character, no line break in a header field
         message = email_safe(message)
@@ -352,7 +353,7 @@ class SendGridChannel:
     """The e-mail channel through SendGrid; implements :class:`dispatch.channels.base.Channel`."""
 
     provider = PROVIDER
-    channel = "email"
+    channel = ChannelName.EMAIL
 
     def __init__(
         self,
@@ -450,7 +451,7 @@ def from_settings(
 ) -> SendGridChannel:
     """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=sendgrid``; ``clock`` and
     ``sleep`` go to the constructors (the one seam tests use)."""
-    if channel != "email":
+    if channel != ChannelName.EMAIL:
         raise DispatchError(f"SendGrid can only serve the email channel, not {channel}")
     in_flight = settings.send_concurrency
     api = SendGridApi(

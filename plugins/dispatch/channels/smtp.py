@@ -49,6 +49,7 @@ from dispatch.channels.formats.mime import build_email, message_id_for
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
+from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class SmtpChannel:
     """The e-mail channel through an SMTP relay; implements :class:`dispatch.channels.base.Channel`."""
 
     provider = PROVIDER
-    channel = "email"
+    channel = ChannelName.EMAIL
 
     def __init__(
         self,
@@ -180,7 +181,7 @@ class SmtpChannel:
 
     def _envelope(self, message: OutgoingMessage) -> tuple[str, list[str], bytes]:
         """Envelope sender, recipients (as the headers carry them: IDNA domains) and the bytes."""
-        if message.channel != "email":
+        if message.channel != ChannelName.EMAIL:
             raise PermanentError(f"SMTP sends e-mail, not {message.channel}")
         try:
             mime = build_email(message, default_sender=self.default_sender)
@@ -352,7 +353,7 @@ def _usable(error: ChannelError) -> ChannelError:
 def from_settings(settings: Settings, channel: str, **seams: Any) -> SmtpChannel:
     """The channel the factory builds for ``DISPATCH_EMAIL_BACKEND=smtp`` (Airflow: ``smtp_default``);
     ``seams`` go to the constructor as they are (``sleep``, ``clock``, ``policy``)."""
-    if channel != "email":
+    if channel != ChannelName.EMAIL:
         raise DispatchError(f"SMTP can only serve the email channel, not {channel}")
     if not settings.smtp_host:
         raise DispatchError("SMTP: no relay host (set SMTP_HOST or the smtp_default connection)")

@@ -57,6 +57,7 @@ from dispatch.channels.provider_http import (
 from dispatch.channels.retry import ConcurrentSender, RetryPolicy
 from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
+from dispatch.vocabulary import ChannelName
 
 PROVIDER = "twilio"
 #: Twilio's scheduling window for ``SendAt`` (inclusive bounds, measured on Twilio's clock).
@@ -107,7 +108,7 @@ class TwilioChannel:
     """Implements :class:`dispatch.channels.base.Channel` for SMS through Twilio."""
 
     provider = PROVIDER
-    channel = "sms"
+    channel = ChannelName.SMS
 
     def __init__(
         self,
@@ -262,7 +263,7 @@ def _transport_error(exc: requests.exceptions.RequestException) -> ChannelError:
 def from_settings(settings: Settings, channel: str, **seams: Any) -> TwilioChannel:
     """The channel of ``DISPATCH_SMS_BACKEND=twilio`` (CONTRACT §1); ``seams`` are passed to
     the constructor as they are (``policy``, ``sleep``, ``clock``: what tests inject)."""
-    if channel != "sms":
+    if channel != ChannelName.SMS:
         raise DispatchError(f"the twilio backend serves SMS, not {channel}")
     missing = [
         name

@@ -18,7 +18,8 @@ import hashlib
 import json
 import re
 import zoneinfo
-from typing import Annotated, Any, Literal, get_args
+from enum import StrEnum
+from typing import Annotated
 
 import holidays as holidays_lib
 from email_validator import EmailNotValidError, validate_email
@@ -44,6 +45,7 @@ from dispatch.config.yaml_marks import TAG_BOOL, TAG_INT, Scalar, kind
 from dispatch.rendering.checks import check_template_file, check_template_source
 from dispatch.rendering.errors import TemplateError
 from dispatch.rules.scheduling import MAX_DELAY_DAYS, SUPPORTED_FROM, SUPPORTED_RANGE_TEXT, SUPPORTED_UNTIL
+from dispatch.vocabulary import ChannelName, PlanLevel, values
 
 ID_MAX_LENGTH = 64  # the id columns are VARCHAR(64)
 DEFAULT_SEND_TIME = "08:00"
@@ -185,9 +187,9 @@ def _instant(value: object) -> dt.datetime:
     return utc
 
 
-def _one_of(literal: Any, message: str) -> WrapValidator:
-    """Refuse a value outside ``literal`` with ``message`` (``{value}``, ``{allowed}``)."""
-    allowed = ", ".join(get_args(literal))
+def _one_of(kind: type[StrEnum], message: str) -> WrapValidator:
+    """Refuse a value outside ``kind`` with ``message`` (``{value}``, ``{allowed}``)."""
+    allowed = ", ".join(values(kind))
 
     def check(value: object, handler: ValidatorFunctionWrapHandler) -> object:
         try:
@@ -209,12 +211,8 @@ HolidayCountry = Annotated[str, AfterValidator(_holiday_country), BeforeValidato
 Country = Annotated[str, AfterValidator(_country), BeforeValidator(_text)]
 Instant = Annotated[dt.datetime, BeforeValidator(_instant)]
 YamlBool = Annotated[bool, BeforeValidator(_yaml_bool)]
-_ChannelName = Literal["email", "letter", "sms"]
-Channel = Annotated[
-    _ChannelName, _one_of(_ChannelName, "unknown channel {value} (expected one of: {allowed})")
-]
-_Level = Literal["customer", "invoice"]
-Level = Annotated[_Level, _one_of(_Level, "{value} is not a plan level (expected one of: {allowed})")]
+Channel = Annotated[ChannelName, _one_of(ChannelName, "unknown channel {value} (expected one of: {allowed})")]
+Level = Annotated[PlanLevel, _one_of(PlanLevel, "{value} is not a plan level (expected one of: {allowed})")]
 
 
 # --- the entries ------------------------------------------------------------------------------
@@ -262,8 +260,10 @@ class InvoiceSending(Entry):
     @classmethod
     def _subject(cls, value: str, info: ValidationInfo) -> str:
         channel = info.data.get("channel")
-        if channel in ("letter", "sms"):
-            raise refuse(f"{'an SMS' if channel == 'sms' else 'a letter'} has no subject (only e-mails do)")
+        if channel in (ChannelName.LETTER, ChannelName.SMS):
+            raise refuse(
+                f"{'an SMS' if channel == ChannelName.SMS else 'a letter'} has no subject (only e-mails do)"
+            )
         if _CONTROL.search(value.strip()):
             raise refuse("must be one line (a subject is a header: no line breaks)")
         _compiles(value, html=False)
@@ -272,7 +272,7 @@ class InvoiceSending(Entry):
     @field_validator("body")
     @classmethod
     def _body(cls, value: str, info: ValidationInfo) -> str:
-        _compiles(value, html=info.data.get("channel") == "email")
+        _compiles(value, html=info.data.get("channel") == ChannelName.EMAIL)
         return value
 
     @field_validator("template")
@@ -297,7 +297,7 @@ class Plan(Entry):
     @field_validator("invoice_sending")
     @classmethod
     def _customer_level_only(cls, value: InvoiceSending, info: ValidationInfo) -> InvoiceSending:
-        if info.data.get("level") == "invoice":
+        if info.data.get("level") == PlanLevel.INVOICE:
             raise refuse("only customer-level plans carry an invoice-sending template (level is 'invoice')")
         return value
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatch.storage.schema import DELIVERY_STATES
-from dispatch.vocabulary import DeliveryState
+from dispatch.vocabulary import DeliveryProvider, DeliveryState
 
 STATES = DELIVERY_STATES
 #: a later state outranks an earlier one as "the latest state", whatever the order of arrival
@@ -30,11 +30,11 @@ class DeliveryEvent:
     provider gave the message when it was sent (``invoice_actions.provider_message_id``).
     """
 
-    provider: str
+    provider: DeliveryProvider
     provider_event_id: str
     provider_message_id: str | None
     event: str
-    state: str
+    state: DeliveryState
     recipient: str | None
     occurred_at: dt.datetime | None
     reason: str | None

@@ -22,25 +22,26 @@ from typing import Any
 
 from dispatch.delivery.clock import check_timestamp
 from dispatch.delivery.event import DeliveryEvent, PayloadError, SignatureError, clip
+from dispatch.vocabulary import DeliveryProvider, DeliveryState
 
-PROVIDER = "printapi"
+PROVIDER = DeliveryProvider.PRINTAPI
 SIGNATURE_HEADER = "Lob-Signature"
 TIMESTAMP_HEADER = "Lob-Signature-Timestamp"
 
 #: the letter event (``event_type.id`` without ``letter.`` and ``certified.``) -> state
-STATES = {
-    "created": "accepted",
-    "rendered_pdf": "accepted",
-    "rendered_thumbnails": "accepted",
-    "mailed": "in_transit",
-    "in_transit": "in_transit",
-    "in_local_area": "in_transit",
-    "processed_for_delivery": "in_transit",
-    "re-routed": "in_transit",
-    "international_exit": "in_transit",
-    "pickup_available": "in_transit",
-    "delivered": "delivered",
-    "returned_to_sender": "bounced",
+STATES: dict[str, DeliveryState] = {
+    "created": DeliveryState.ACCEPTED,
+    "rendered_pdf": DeliveryState.ACCEPTED,
+    "rendered_thumbnails": DeliveryState.ACCEPTED,
+    "mailed": DeliveryState.IN_TRANSIT,
+    "in_transit": DeliveryState.IN_TRANSIT,
+    "in_local_area": DeliveryState.IN_TRANSIT,
+    "processed_for_delivery": DeliveryState.IN_TRANSIT,
+    "re-routed": DeliveryState.IN_TRANSIT,
+    "international_exit": DeliveryState.IN_TRANSIT,
+    "pickup_available": DeliveryState.IN_TRANSIT,
+    "delivered": DeliveryState.DELIVERED,
+    "returned_to_sender": DeliveryState.BOUNCED,
 }
 
 
@@ -80,7 +81,7 @@ def parse(body: bytes) -> list[DeliveryEvent]:
             provider_event_id=str(item["id"])[:255],
             provider_message_id=str(letter.get("id") or item.get("reference_id") or "") or None,
             event=type_id[:32],
-            state=STATES.get(name, "other"),
+            state=STATES.get(name, DeliveryState.OTHER),
             recipient=_recipient(letter.get("to")),
             occurred_at=_instant(item.get("date_created")),
             reason=_reason(name, letter),

@@ -30,23 +30,24 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
 from dispatch.delivery.clock import check_timestamp
 from dispatch.delivery.event import DeliveryEvent, PayloadError, SignatureError, clip
+from dispatch.vocabulary import DeliveryProvider, DeliveryState
 
-PROVIDER = "sendgrid"
+PROVIDER = DeliveryProvider.SENDGRID
 SIGNATURE_HEADER = EventWebhookHeader.SIGNATURE
 TIMESTAMP_HEADER = EventWebhookHeader.TIMESTAMP
 
 #: SendGrid's event -> state (docs: "Event Webhook reference"); any other event is ``other``
-STATES = {
-    "processed": "accepted",
-    "deferred": "deferred",
-    "delivered": "delivered",
-    "open": "opened",
-    "click": "clicked",
-    "bounce": "bounced",  # bounced or blocked by the receiving server (``type``)
-    "dropped": "bounced",  # SendGrid did not send it: a suppressed or invalid address
-    "spamreport": "complained",
-    "unsubscribe": "unsubscribed",
-    "group_unsubscribe": "unsubscribed",
+STATES: dict[str, DeliveryState] = {
+    "processed": DeliveryState.ACCEPTED,
+    "deferred": DeliveryState.DEFERRED,
+    "delivered": DeliveryState.DELIVERED,
+    "open": DeliveryState.OPENED,
+    "click": DeliveryState.CLICKED,
+    "bounce": DeliveryState.BOUNCED,  # bounced or blocked by the receiving server (``type``)
+    "dropped": DeliveryState.BOUNCED,  # SendGrid did not send it: a suppressed or invalid address
+    "spamreport": DeliveryState.COMPLAINED,
+    "unsubscribe": DeliveryState.UNSUBSCRIBED,
+    "group_unsubscribe": DeliveryState.UNSUBSCRIBED,
 }
 
 
@@ -99,7 +100,7 @@ def _event(item: dict[str, Any]) -> DeliveryEvent:
         provider_event_id=str(item.get("sg_event_id") or "") or _content_id(item),
         provider_message_id=message_id,
         event=name[:32],
-        state=STATES.get(name, "other"),
+        state=STATES.get(name, DeliveryState.OTHER),
         recipient=clip(item.get("email"), 320),
         occurred_at=_instant(item.get("timestamp")),
         reason=clip(item.get("reason") or item.get("response")),

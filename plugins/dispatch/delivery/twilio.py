@@ -19,19 +19,20 @@ from urllib.parse import parse_qsl
 from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
 
 from dispatch.delivery.event import DeliveryEvent, PayloadError, SignatureError, clip
+from dispatch.vocabulary import DeliveryProvider, DeliveryState
 
-PROVIDER = "twilio"
+PROVIDER = DeliveryProvider.TWILIO
 #: Twilio's MessageStatus -> state; any other status is ``other``
-STATES = {
-    "accepted": "accepted",
-    "scheduled": "accepted",
-    "queued": "accepted",
-    "sending": "accepted",
-    "sent": "in_transit",  # handed to the carrier
-    "delivered": "delivered",
-    "read": "opened",  # WhatsApp read receipts
-    "undelivered": "bounced",  # the carrier could not deliver it
-    "failed": "bounced",  # Twilio could not send it
+STATES: dict[str, DeliveryState] = {
+    "accepted": DeliveryState.ACCEPTED,
+    "scheduled": DeliveryState.ACCEPTED,
+    "queued": DeliveryState.ACCEPTED,
+    "sending": DeliveryState.ACCEPTED,
+    "sent": DeliveryState.IN_TRANSIT,  # handed to the carrier
+    "delivered": DeliveryState.DELIVERED,
+    "read": DeliveryState.OPENED,  # WhatsApp read receipts
+    "undelivered": DeliveryState.BOUNCED,  # the carrier could not deliver it
+    "failed": DeliveryState.BOUNCED,  # Twilio could not send it
 }
 
 
@@ -82,7 +83,7 @@ def parse(params: StatusParams) -> list[DeliveryEvent]:
             provider_event_id=f"{sid}:{status}"[:255],
             provider_message_id=sid,
             event=status[:32],
-            state=STATES.get(status, "other"),
+            state=STATES.get(status, DeliveryState.OTHER),
             recipient=clip(params.first("To"), 320),
             occurred_at=None,
             reason=clip(reason),

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from dispatch.vocabulary import ChannelName, ManualReason
+
 WIDTH = 120
 _GAP = 2
 _MIN = 6
@@ -106,12 +108,20 @@ def as_table(df: pd.DataFrame, columns: list[str] | None = None, width: int = WI
 
 
 # A manual action's reason as the person who fixes it reads it: what is wrong and what to do.
-_CONTACT = {"email": "an e-mail address", "sms": "a mobile number", "letter": "a postal address"}
-_THE_CONTACT = {"email": "the e-mail address", "sms": "the mobile number", "letter": "the postal address"}
-_BOUNCED = {
-    "email": "The e-mail bounced",
-    "sms": "The SMS was not delivered",
-    "letter": "The letter came back",
+_CONTACT: dict[str, str] = {
+    ChannelName.EMAIL: "an e-mail address",
+    ChannelName.SMS: "a mobile number",
+    ChannelName.LETTER: "a postal address",
+}
+_THE_CONTACT: dict[str, str] = {
+    ChannelName.EMAIL: "the e-mail address",
+    ChannelName.SMS: "the mobile number",
+    ChannelName.LETTER: "the postal address",
+}
+_BOUNCED: dict[str, str] = {
+    ChannelName.EMAIL: "The e-mail bounced",
+    ChannelName.SMS: "The SMS was not delivered",
+    ChannelName.LETTER: "The letter came back",
 }
 
 
@@ -123,19 +133,20 @@ def reason_in_words(
     contact = _CONTACT.get(channel, "a contact")
     plan_name = (plan if plan.lower().startswith("plan ") else f"plan {plan}") if plan else "the plan"
     the_contact = _THE_CONTACT.get(channel, "the contact")
-    words = {
-        "manual_template": f"The template of {plan_name} is manual: send it or ignore it.",
-        "no_contact": f"Add {contact} to {who}, then send.",
-        "invalid_contact": f"Fix {the_contact} of {who}, then send.",
-        "template_error": f"Fix the template of {plan_name} and load the configuration, then send.",
-        "provider_rejected": f"The provider refused it: fix {the_contact} of {who} or the message.",
-        "provider_error": "The provider kept failing: send again later.",
-        "delivery_unknown": "The provider never said whether it went out: check with it before sending.",
+    R = ManualReason
+    words: dict[str, str] = {
+        R.MANUAL_TEMPLATE: f"The template of {plan_name} is manual: send it or ignore it.",
+        R.NO_CONTACT: f"Add {contact} to {who}, then send.",
+        R.INVALID_CONTACT: f"Fix {the_contact} of {who}, then send.",
+        R.TEMPLATE_ERROR: f"Fix the template of {plan_name} and load the configuration, then send.",
+        R.PROVIDER_REJECTED: f"The provider refused it: fix {the_contact} of {who} or the message.",
+        R.PROVIDER_ERROR: "The provider kept failing: send again later.",
+        R.DELIVERY_UNKNOWN: "The provider never said whether it went out: check with it before sending.",
         # the provider's reason is in the detail (docs/webhooks.md)
-        "bounced": f"{_BOUNCED.get(channel, 'It did not arrive')}: fix {the_contact} of {who}, then send.",
-        "missing_pdf": "The invoice PDF is not where the accounting system says: put it there, then send.",
-        "pdf_outside_root": "The invoice PDF lies outside the invoice folder: move it there, then send.",
-        "invalid_pdf": "The invoice PDF is not a valid PDF or is too large: replace it, then send.",
+        R.BOUNCED: f"{_BOUNCED.get(channel, 'It did not arrive')}: fix {the_contact} of {who}, then send.",
+        R.MISSING_PDF: "The invoice PDF is not where the accounting system says: put it there, then send.",
+        R.PDF_OUTSIDE_ROOT: "The invoice PDF lies outside the invoice folder: move it there, then send.",
+        R.INVALID_PDF: "The invoice PDF is not a valid PDF or is too large: replace it, then send.",
     }
     said = words.get(reason or "", f"Manual ({reason}).")
     return f"{said} ({detail})" if detail else said

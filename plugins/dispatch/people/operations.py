@@ -39,8 +39,9 @@ from dispatch.storage.schema import (
     users,
 )
 from dispatch.storage.session import Database
+from dispatch.vocabulary import ActionStatus, EventName, SendingStatus, SentHow
 
-OPEN_ACTION = ("scheduled", "manual")
+OPEN_ACTION = (ActionStatus.SCHEDULED, ActionStatus.MANUAL)
 
 
 @dataclass
@@ -215,7 +216,7 @@ def ignore_actions(
     action_ids: Sequence[str],
     at: dt.datetime,
     *,
-    event: str = "ignored",
+    event: EventName = EventName.IGNORED,
     actor: str | None = None,
 ) -> OperationResult:
     """Ignore actions: each invoice then counts as sent (R13). ``actor`` is who (default:
@@ -226,7 +227,9 @@ def ignore_actions(
     with db.tx() as conn:
         found = _fetch(conn, A, "action_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
         _require_known("action", ids, found["action_id"])
-        refused = found[found["status"].isin(("sent", "cancelled", "sending"))]
+        refused = found[
+            found["status"].isin((ActionStatus.SENT, ActionStatus.CANCELLED, ActionStatus.SENDING))
+        ]
         if not refused.empty:
             listed = ", ".join(
                 f"{a} ({s})" for a, s in zip(refused["action_id"], refused["status"], strict=True)
@@ -240,7 +243,7 @@ def ignore_actions(
             conn.execute(
                 update(A)
                 .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
-                .values(status="ignored", updated_at=at)
+                .values(status=ActionStatus.IGNORED, updated_at=at)
             )
         record_events(
             conn,
@@ -252,7 +255,7 @@ def ignore_actions(
         )
         sync_invoice_statuses(conn, todo["invoice_id"].tolist())
     return OperationResult(
-        todo["action_id"].tolist(), found.loc[found["status"] == "ignored", "action_id"].tolist()
+        todo["action_id"].tolist(), found.loc[found["status"] == ActionStatus.IGNORED, "action_id"].tolist()
     )
 
 
@@ -268,25 +271,25 @@ def mark_sent(
         found = _fetch(conn, invoices, "invoice_id", ids, [invoices.c.invoice_id, invoices.c.sending_status])
         _require_known("invoice", ids, found["invoice_id"])
         acts = _fetch(conn, A, "invoice_id", ids, [A.c.action_id, A.c.invoice_id, A.c.status])
-        cancelled = found[found["sending_status"] == "cancelled"]
-        sending = acts[acts["status"] == "sending"]
+        cancelled = found[found["sending_status"] == SendingStatus.CANCELLED]
+        sending = acts[acts["status"] == ActionStatus.SENDING]
         if not cancelled.empty or not sending.empty:
             bad = [f"{i} (cancelled)" for i in cancelled["invoice_id"]] + [
                 f"{i} (being sent)" for i in sending["invoice_id"]
             ]
             raise RefusedError(f"cannot mark as sent: {', '.join(bad)} — nothing was changed")
-        todo = found.loc[found["sending_status"] == "to_send", "invoice_id"].tolist()
+        todo = found.loc[found["sending_status"] == SendingStatus.TO_SEND, "invoice_id"].tolist()
         open_acts = acts[acts["invoice_id"].isin(todo) & acts["status"].isin(OPEN_ACTION)]
         for part in chunks(open_acts["action_id"].tolist()):
             conn.execute(
                 update(A)
                 .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
-                .values(status="ignored", updated_at=at)
+                .values(status=ActionStatus.IGNORED, updated_at=at)
             )
         record_events(
             conn,
             zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
-            event="marked_sent",
+            event=EventName.MARKED_SENT,
             at=at,
             run_id=None,
             actor=who,
@@ -294,8 +297,10 @@ def mark_sent(
         for part in chunks(todo):
             conn.execute(
                 update(invoices)
-                .where(invoices.c.invoice_id.in_(list(part)), invoices.c.sending_status == "to_send")
-                .values(sending_status="sent", sent_how="marked_sent", sent_at=at)
+                .where(
+                    invoices.c.invoice_id.in_(list(part)), invoices.c.sending_status == SendingStatus.TO_SEND
+                )
+                .values(sending_status=SendingStatus.SENT, sent_how=SentHow.MARKED_SENT, sent_at=at)
             )
     return OperationResult(todo, [i for i in ids if i not in set(todo)])
 

@@ -38,6 +38,7 @@ from dispatch.channels.base import FatalChannelError, TransientError
 from dispatch.errors import DispatchError
 from dispatch.rules.batching import DEFAULT_MAX_BATCHES
 from dispatch.rules.horizon import DEFAULT_CRON, DEFAULT_TIMEZONE, Schedule, configured_schedule, run_horizon
+from dispatch.vocabulary import EventName, RunStatus
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -304,7 +305,7 @@ def dispatch_batch_task(
         summary = dispatch_batch(rt.db, rt.accounting, ctx, batch_no, rt.channels, rt.settings)
     out = _jsonable(summary.as_dict())
     log.info("%s batch %d: claimed %d, %s", ctx.run_id, batch_no, summary.claimed, out["events"])
-    later = int(summary.events.get("retry_later", 0))
+    later = int(summary.events.get(EventName.RETRY_LATER, 0))
     if later and retries_left > 0:
         raise ProviderBackoff(f"batch {batch_no}: {later} message(s) met a transient provider error")
     return out
@@ -326,7 +327,7 @@ def write_back_task(
     failed = failed_batches is None or failed_batches > 0
     with open_runtime(settings) as rt:
         ensure_schema(rt.db.engine)  # a run that never started (no schema) fails fast, unretried
-        counts = write_back(rt.db, ctx, status="failed" if failed else "succeeded")
+        counts = write_back(rt.db, ctx, status=RunStatus.FAILED if failed else RunStatus.SUCCEEDED)
     return _jsonable(
         {
             "run_id": ctx.run_id,
@@ -364,11 +365,15 @@ def report_task(ctx: RunContext, written: Mapping[str, Any] | None, settings: Se
             "message": "write_back did not finish; run marked failed",
         }
     run = written.get("run", {})
+
+    def events(name: EventName) -> Any:
+        return run.get(f"events.{name}", 0)
+
     line = (
         f"as of {ctx.as_of:%Y-%m-%d %H:%MZ}: imported {run.get('imported', 0)}, "
-        f"rejected {run.get('rejected', 0)}, actions {run.get('events.created', 0)}, "
-        f"sent {run.get('events.sent', 0)}, to do {run.get('events.manual', 0)}, "
-        f"cancelled {run.get('events.cancelled', 0)}"
+        f"rejected {run.get('rejected', 0)}, actions {events(EventName.CREATED)}, "
+        f"sent {events(EventName.SENT)}, to do {events(EventName.MANUAL)}, "
+        f"cancelled {events(EventName.CANCELLED)}"
     )
     if written.get("failed"):
         batches = written.get("failed_batches")

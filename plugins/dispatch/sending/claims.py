@@ -35,6 +35,7 @@ from dispatch.sending.outcomes import Outcome, apply_outcomes
 from dispatch.storage.bulk import chunks
 from dispatch.storage.schema import claim_leases, dispatch_runs, invoice_actions
 from dispatch.storage.session import Database
+from dispatch.vocabulary import ActionStatus, EventName, ManualReason, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _unclaimed(at: dt.datetime) -> dict[str, Any]:
     again, and what the send had written ahead of the hand-over (recipient, delivery time,
     provider, the attempt) did not happen."""
     return {
-        "status": "scheduled",
+        "status": ActionStatus.SCHEDULED,
         "claim_token": None,
         "claimed_at": None,
         "claimed_by_run": None,
@@ -72,7 +73,7 @@ def claim(
     *,
     token: str,
     ctx: RunContext,
-    from_status: str = "scheduled",
+    from_status: ActionStatus = ActionStatus.SCHEDULED,
 ) -> list[str]:
     """Claim those of ``action_ids`` still in ``from_status``; returns the ids won."""
     won: list[str] = []
@@ -85,7 +86,7 @@ def claim(
             update(invoice_actions)
             .where(cond)
             .values(
-                status="sending",
+                status=ActionStatus.SENDING,
                 claim_token=token,
                 claimed_at=ctx.as_of,
                 claimed_by_run=ctx.run_id,
@@ -96,7 +97,7 @@ def claim(
             .returning(invoice_actions.c.action_id, invoice_actions.c.invoice_id)
         )
         rows = conn.execute(stmt).tuples().all()
-        record_events(conn, rows, event="claimed", at=ctx.as_of, run_id=ctx.run_id, detail=token)
+        record_events(conn, rows, event=EventName.CLAIMED, at=ctx.as_of, run_id=ctx.run_id, detail=token)
         won.extend(r[0] for r in rows)
     if won:
         conn.execute(
@@ -121,7 +122,7 @@ def mark_handover(conn: Connection, action_ids: Sequence[str], *, token: str) ->
             update(invoice_actions)
             .where(
                 invoice_actions.c.action_id.in_(part),
-                invoice_actions.c.status == "sending",
+                invoice_actions.c.status == ActionStatus.SENDING,
                 invoice_actions.c.claim_token == token,
             )
             .values(handover_at=func.current_timestamp())
@@ -155,7 +156,7 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
                 update(invoice_actions)
                 .where(
                     invoice_actions.c.action_id.in_(part),
-                    invoice_actions.c.status == "sending",
+                    invoice_actions.c.status == ActionStatus.SENDING,
                     invoice_actions.c.claim_token == token,
                 )
                 .values(_unclaimed(ctx.as_of))
@@ -164,7 +165,7 @@ def release(conn: Connection, action_ids: Sequence[str], *, token: str, ctx: Run
             .tuples()
             .all()
         )
-        record_events(conn, rows, event="released", at=ctx.as_of, run_id=ctx.run_id, detail=why)
+        record_events(conn, rows, event=EventName.RELEASED, at=ctx.as_of, run_id=ctx.run_id, detail=why)
         n += len(rows)
     return n
 
@@ -196,7 +197,7 @@ def dead_claims(
                 claim_leases, claim_leases.c.claim_token == invoice_actions.c.claim_token
             ).outerjoin(dispatch_runs, dispatch_runs.c.run_id == invoice_actions.c.claimed_by_run)
         )
-        .where(invoice_actions.c.status == "sending", invoice_actions.c.claim_token.is_not(None))
+        .where(invoice_actions.c.status == ActionStatus.SENDING, invoice_actions.c.claim_token.is_not(None))
         .distinct()
     )
     if same_scope_prefix:
@@ -212,7 +213,7 @@ def dead_claims(
     for r in rows:  # one row per claim (a batch), not per action
         if r.claim_token == own_token:
             continue
-        if r.run_status == "failed":
+        if r.run_status == RunStatus.FAILED:
             dead[r.claim_token] = "its run is recorded failed"
         elif r.heartbeat_at is None:
             dead[r.claim_token] = "the claim has no lease"
@@ -231,7 +232,7 @@ def release_never_handed_over(conn: Connection, token: str, ctx: RunContext, why
             update(invoice_actions)
             .where(
                 invoice_actions.c.claim_token == token,
-                invoice_actions.c.status == "sending",
+                invoice_actions.c.status == ActionStatus.SENDING,
                 invoice_actions.c.handover_at.is_(None),
             )
             .values(_unclaimed(ctx.as_of))
@@ -243,7 +244,7 @@ def release_never_handed_over(conn: Connection, token: str, ctx: RunContext, why
     record_events(
         conn,
         rows,
-        event="claim_released",
+        event=EventName.CLAIM_RELEASED,
         at=ctx.as_of,
         run_id=ctx.run_id,
         detail=f"left sending by a dead run ({why}); never handed over",
@@ -260,7 +261,7 @@ def in_flight_actions(conn: Connection, token: str) -> pd.DataFrame:
         invoice_actions.c.recipient,
         invoice_actions.c.deliver_at,
         invoice_actions.c.attempts,
-    ).where(invoice_actions.c.claim_token == token, invoice_actions.c.status == "sending")
+    ).where(invoice_actions.c.claim_token == token, invoice_actions.c.status == ActionStatus.SENDING)
     return pd.read_sql(stmt, conn)
 
 
@@ -295,7 +296,7 @@ def settle_abandoned(
         with db.tx() as conn:
             released = release_never_handed_over(conn, token, ctx, why)
             if released:
-                add({"claim_released": released})
+                add({EventName.CLAIM_RELEASED: released})
             flight = in_flight_actions(conn, token)
             outcomes = [_settle_one(rec, channels, why) for rec in flight.itertuples(index=False)]
             add(apply_outcomes(conn, outcomes, token=token, at=ctx.as_of, run_id=ctx.run_id))
@@ -315,8 +316,8 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
         return Outcome(
             action_id=rec.action_id,
             invoice_id=rec.invoice_id,
-            status="sent",
-            event="settled_sent",
+            status=ActionStatus.SENT,
+            event=EventName.SETTLED_SENT,
             detail=f"left sending by a dead run ({why}); {known.provider} has the message",
             recipient=rec.recipient,
             deliver_at=_aware(rec.deliver_at) or known.deliver_at,
@@ -327,16 +328,16 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
         return Outcome(
             action_id=rec.action_id,
             invoice_id=rec.invoice_id,
-            status="scheduled",
-            event="claim_released",
+            status=ActionStatus.SCHEDULED,
+            event=EventName.CLAIM_RELEASED,
             detail=f"left sending by a dead run ({why}); the provider does not have the message",
         )
     return Outcome(
         action_id=rec.action_id,
         invoice_id=rec.invoice_id,
-        status="manual",
-        event="manual",
-        manual_reason="delivery_unknown",
+        status=ActionStatus.MANUAL,
+        event=EventName.MANUAL,
+        manual_reason=ManualReason.DELIVERY_UNKNOWN,
         detail=f"left sending by a dead run ({why}) while being handed over; "
         "the provider may or may not have accepted it",
         recipient=rec.recipient,
@@ -355,7 +356,7 @@ def _forget_finished_leases(conn: Connection, lease: dt.timedelta) -> None:
     """Leases whose claims all have their outcome (a claimant that stopped without ending its
     lease): kept until they are past the lease, then dropped."""
     holding = select(invoice_actions.c.claim_token).where(
-        invoice_actions.c.status == "sending", invoice_actions.c.claim_token.is_not(None)
+        invoice_actions.c.status == ActionStatus.SENDING, invoice_actions.c.claim_token.is_not(None)
     )
     conn.execute(
         delete(claim_leases).where(

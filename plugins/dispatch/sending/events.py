@@ -9,33 +9,18 @@ from sqlalchemy import Connection
 
 from dispatch.storage.bulk import append_rows
 from dispatch.storage.schema import action_events
+from dispatch.vocabulary import EventName, values
 
-# Every event name the log holds (docs/data-dictionary.md explains each). A run's counts
-# (``dispatch_runs.counts.run``) carry ``events.<name>`` for each of them, zeros included.
-EVENTS = (
-    "created",  # a run created the action (template resolved, scheduled_for computed)
-    "claimed",  # a run or a person took the action to send it
-    "sent",  # a run handed it over
-    "sent_manually",  # a person's `todo send` handed it over
-    "manual",  # it went to the to-do list (manual_reason on the action)
-    "cancelled",  # the invoice is void or deleted in the accounting system
-    "retry_later",  # a provider failed transiently; back to scheduled for a later run
-    "released",  # a claim given back untouched (a fatal provider error stopped the batch)
-    "settled_sent",  # a dead run's claim: the provider has the message
-    "claim_released",  # a dead run's claim: never handed over, back to scheduled
-    "bounced",  # SendGrid reported the sent e-mail bounced, blocked or invalid
-    "ignored",  # a person ignored it (the invoice counts as sent)
-    "marked_sent",  # a person marked the invoice as sent
-    "template_refreshed",  # moved to the plan's current template version before a send
-    "requeued",  # a template_error / missing_pdf whose cause is fixed: scheduled again
-)
+# Every event name the log holds, as plain strings (docs/data-dictionary.md explains each). A run's
+# counts (``dispatch_runs.counts.run``) carry ``events.<name>`` for each of them, zeros included.
+EVENTS = values(EventName)
 
 
 def record_events(
     conn: Connection,
     rows: Iterable[tuple[str, str]],
     *,
-    event: str,
+    event: EventName,
     at: dt.datetime,
     run_id: str | None,
     detail: str | None = None,

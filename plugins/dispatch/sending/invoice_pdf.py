@@ -30,14 +30,16 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispatch.vocabulary import ManualReason
+
 #: What every PDF file starts with (ISO 32000-1, 7.5.2).
 PDF_MAGIC = b"%PDF-"
 #: Default of ``DISPATCH_PDF_MAX_BYTES``: 20 MiB, under what mail providers accept in total.
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
-OUTSIDE = "pdf_outside_root"
-MISSING = "missing_pdf"
-INVALID = "invalid_pdf"
+OUTSIDE = ManualReason.PDF_OUTSIDE_ROOT
+MISSING = ManualReason.MISSING_PDF
+INVALID = ManualReason.INVALID_PDF
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -62,7 +64,7 @@ class InvoicePdf:
 class PdfRefusal:
     """Why the invoice's PDF is not sent; ``detail`` tells a person what to fix."""
 
-    reason: str  # pdf_outside_root | missing_pdf | invalid_pdf
+    reason: ManualReason  # OUTSIDE | MISSING | INVALID
     detail: str
 
 

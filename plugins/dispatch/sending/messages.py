@@ -37,6 +37,7 @@ from dispatch.storage.schema import (
     users,
 )
 from dispatch.storage.source import one_per_invoice
+from dispatch.vocabulary import AccountingStatus, ActionStatus, ChannelName, EventName, ManualReason
 
 FALLBACK_SENDER = "invoices@localhost"
 
@@ -88,13 +89,17 @@ def claimed_details(conn: Connection, token: str) -> pd.DataFrame:
         .join(t, t.c.template_id == a.c.template_id)
         .outerjoin(c, c.c.customer_id == i.c.customer_id)
         .outerjoin(u, u.c.user_id == a.c.owner_user_id)
-        .where(a.c.claim_token == token, a.c.status == "sending")
+        .where(a.c.claim_token == token, a.c.status == ActionStatus.SENDING)
         .order_by(a.c.action_id)
     )
     return pd.read_sql(stmt, conn)
 
 
-_DEFAULT_FILE = {"email": "email.txt.j2", "sms": "sms.txt.j2", "letter": "letter.txt.j2"}
+_DEFAULT_FILE: dict[str, str] = {
+    ChannelName.EMAIL: "email.txt.j2",
+    ChannelName.SMS: "sms.txt.j2",
+    ChannelName.LETTER: "letter.txt.j2",
+}
 
 
 def wording_locale(spec: TemplateSpec, language: str | None) -> Locale:
@@ -170,10 +175,16 @@ def prepare_messages(
     for row in rows:
         aid, iid = row.action_id, row.invoice_id
         status = now_status.get(iid)
-        if status is None or status == "void":
+        if status is None or status == AccountingStatus.VOID:
             why = "deleted in the accounting system" if status is None else "void in the accounting system"
             outcomes.append(
-                Outcome(action_id=aid, invoice_id=iid, status="cancelled", event="cancelled", detail=why)
+                Outcome(
+                    action_id=aid,
+                    invoice_id=iid,
+                    status=ActionStatus.CANCELLED,
+                    event=EventName.CANCELLED,
+                    detail=why,
+                )
             )
             continue
         r = rec.loc[aid]
@@ -182,9 +193,9 @@ def prepare_messages(
                 Outcome(
                     action_id=aid,
                     invoice_id=iid,
-                    status="manual",
-                    event="manual",
-                    manual_reason=str(r["problem"]),
+                    status=ActionStatus.MANUAL,
+                    event=EventName.MANUAL,
+                    manual_reason=ManualReason(r["problem"]),
                     detail=_none(r["problem_detail"]),
                 )
             )
@@ -223,9 +234,9 @@ def prepare_messages(
                 Outcome(
                     action_id=aid,
                     invoice_id=iid,
-                    status="manual",
-                    event="manual",
-                    manual_reason="template_error",
+                    status=ActionStatus.MANUAL,
+                    event=EventName.MANUAL,
+                    manual_reason=ManualReason.TEMPLATE_ERROR,
                     detail=template_fix_hint(str(exc), row.plan_id, row.template_id),
                 )
             )
@@ -239,8 +250,8 @@ def prepare_messages(
                     Outcome(
                         action_id=aid,
                         invoice_id=iid,
-                        status="manual",
-                        event="manual",
+                        status=ActionStatus.MANUAL,
+                        event=EventName.MANUAL,
                         manual_reason=pdf.reason,
                         detail=pdf_fix_hint(pdf.detail),
                     )

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Connection, and_, update
 from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, update_rows
 from dispatch.storage.schema import invoice_actions
+from dispatch.vocabulary import ActionStatus, EventName, ManualReason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,9 +28,9 @@ class Outcome:
 
     action_id: str
     invoice_id: str
-    status: str  # sent | manual | cancelled | scheduled (released for a later run)
-    event: str
-    manual_reason: str | None = None
+    status: ActionStatus  # sent | manual | cancelled | scheduled (released for a later run)
+    event: EventName
+    manual_reason: ManualReason | None = None
     detail: str | None = None
     recipient: str | None = None
     deliver_at: dt.datetime | None = None
@@ -59,13 +60,13 @@ def apply_outcomes(
             "deliver_at": o.deliver_at,
             "provider": o.provider,
             "provider_message_id": o.provider_message_id,
-            "claim_token": token if o.status != "scheduled" else None,
+            "claim_token": token if o.status != ActionStatus.SCHEDULED else None,
             "updated_at": at,
         }
         for o in outcomes
     ]
     update_rows(conn, invoice_actions, "action_id", rows, guard=_ours(token))
-    by_event: dict[str, list[Outcome]] = defaultdict(list)
+    by_event: dict[EventName, list[Outcome]] = defaultdict(list)
     for o in outcomes:
         by_event[o.event].append(o)
     for event, group in by_event.items():
@@ -81,7 +82,7 @@ def apply_outcomes(
 
 
 def _ours(token: str) -> ColumnElement[bool]:
-    return and_(invoice_actions.c.status == "sending", invoice_actions.c.claim_token == token)
+    return and_(invoice_actions.c.status == ActionStatus.SENDING, invoice_actions.c.claim_token == token)
 
 
 def _hold(conn: Connection, action_ids: list[str], *, token: str, at: dt.datetime) -> set[str]:
@@ -103,7 +104,7 @@ def _hold(conn: Connection, action_ids: list[str], *, token: str, at: dt.datetim
 
 def _event_detail(o: Outcome) -> str | None:
     parts = [p for p in (o.manual_reason, o.detail) if p]
-    if o.status == "sent":
+    if o.status == ActionStatus.SENT:
         parts.append(
             f"to {o.recipient} via {o.provider} ({o.provider_message_id}), deliver at {o.deliver_at}"
         )

@@ -62,6 +62,7 @@ from dispatch.storage import source
 from dispatch.storage.bulk import update_rows
 from dispatch.storage.schema import invoice_actions
 from dispatch.storage.session import Database
+from dispatch.vocabulary import ActionStatus, EventName
 
 log = logging.getLogger(__name__)
 SEND_CHUNK = 100
@@ -172,7 +173,9 @@ def send_claimed(
                 }
                 for m in prepared.messages
             ],
-            guard=and_(invoice_actions.c.status == "sending", invoice_actions.c.claim_token == token),
+            guard=and_(
+                invoice_actions.c.status == ActionStatus.SENDING, invoice_actions.c.claim_token == token
+            ),
         )
 
     attempts = dict(zip(details["action_id"], details["attempts"], strict=True))
@@ -258,8 +261,8 @@ def _outcome(
         return Outcome(
             action_id=message.action_id,
             invoice_id=message.invoice_id,
-            status="sent",
-            event="sent_manually" if manual else "sent",
+            status=ActionStatus.SENT,
+            event=EventName.SENT_MANUALLY if manual else EventName.SENT,
             recipient=recipient,
             deliver_at=result.deliver_at,
             provider=result.provider,
@@ -270,16 +273,16 @@ def _outcome(
         return Outcome(
             action_id=message.action_id,
             invoice_id=message.invoice_id,
-            status="scheduled",
-            event="retry_later",
+            status=ActionStatus.SCHEDULED,
+            event=EventName.RETRY_LATER,
             detail=f"attempt {attempts}/{max_attempts}: {result}",
             recipient=recipient,
         )
     return Outcome(
         action_id=message.action_id,
         invoice_id=message.invoice_id,
-        status="manual",
-        event="manual",
+        status=ActionStatus.MANUAL,
+        event=EventName.MANUAL,
         manual_reason=result.reason,
         detail=str(result),
         recipient=recipient,

@@ -52,6 +52,7 @@ from dispatch.sending.events import record_events
 from dispatch.storage.bulk import chunks, upsert
 from dispatch.storage.schema import invoice_actions, watermarks
 from dispatch.storage.session import Database
+from dispatch.vocabulary import ActionStatus, ChannelName, EventName, ManualReason
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,8 @@ def match_sent_actions(conn: Connection, entries: pd.DataFrame) -> pd.DataFrame:
     latest = entries["created"].max().to_pydatetime()
     sent = pd.read_sql(
         select(a.action_id, a.invoice_id, a.recipient, a.deliver_at).where(
-            a.status == "sent",
-            a.channel == "email",
+            a.status == ActionStatus.SENT,
+            a.channel == ChannelName.EMAIL,
             a.provider == PROVIDER,
             a.deliver_at >= earliest - MATCH_WINDOW,
             a.deliver_at <= latest,
@@ -259,8 +260,8 @@ def mark_bounced(conn: Connection, matches: pd.DataFrame, ctx: RunContext) -> in
             (r[0], r[1])
             for r in conn.execute(
                 update(invoice_actions)
-                .where(a.action_id.in_(list(part)), a.status == "sent")
-                .values(status="manual", manual_reason="bounced", updated_at=ctx.as_of)
+                .where(a.action_id.in_(list(part)), a.status == ActionStatus.SENT)
+                .values(status=ActionStatus.MANUAL, manual_reason=ManualReason.BOUNCED, updated_at=ctx.as_of)
                 .returning(a.action_id, a.invoice_id)
             ).all()
         )
@@ -268,14 +269,14 @@ def mark_bounced(conn: Connection, matches: pd.DataFrame, ctx: RunContext) -> in
         return 0
     conn.execute(
         update(invoice_actions)
-        .where(and_(a.action_id == bindparam("_id"), a.manual_reason == "bounced"))
+        .where(and_(a.action_id == bindparam("_id"), a.manual_reason == ManualReason.BOUNCED))
         .values(detail=bindparam("detail")),
         [{"_id": action_id, "detail": detail[action_id]} for action_id, _ in moved],
     )
     record_events(
         conn,
         moved,
-        event="bounced",
+        event=EventName.BOUNCED,
         at=ctx.as_of,
         run_id=ctx.run_id,
         details={action_id: f"bounced; {detail[action_id]}" for action_id, _ in moved},

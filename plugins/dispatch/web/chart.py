@@ -9,7 +9,14 @@ from html import escape
 
 import pandas as pd
 
-COLOURS = {"email": "#2563eb", "letter": "#d97706", "sms": "#059669", "none": "#6b7280"}
+from dispatch.vocabulary import ChannelName
+
+COLOURS: dict[str, str] = {
+    ChannelName.EMAIL: "#2563eb",
+    ChannelName.LETTER: "#d97706",
+    ChannelName.SMS: "#059669",
+    "none": "#6b7280",
+}
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 760, 240, 44, 36, 16
 
 
@@ -56,7 +63,7 @@ def sends_chart(df: pd.DataFrame, first: dt.date, last: dt.date) -> str:
                 f'<text x="{x + bar / 2:.1f}" y="{HEIGHT - PAD_BOTTOM + 14}" text-anchor="middle" '
                 f'font-size="11">{day:%b %d}</text>'
             )
-    for n, channel in enumerate(channels or ["email", "letter", "sms"]):
+    for n, channel in enumerate(channels or list(ChannelName)):
         lx = PAD_LEFT + n * 90
         parts.append(f'<rect x="{lx}" y="{HEIGHT - 12}" width="10" height="10" fill="{COLOURS[channel]}"/>')
         parts.append(f'<text x="{lx + 14}" y="{HEIGHT - 3}" font-size="11">{channel}</text>')

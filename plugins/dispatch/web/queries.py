@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import Engine, text
 
 from dispatch.people.operations import check_invoice_status, instants_as_utc, require_schema
+from dispatch.vocabulary import ChannelName
 
 PAGE_SIZE = 50
 MAX_SEARCH_CUSTOMERS = 500  # a search naming more customers than this asks for a narrower one
@@ -181,7 +182,7 @@ def _email(path: Path) -> SentMessage:
     html = message.get_body(("html",))
     plain = message.get_body(("plain",))
     sent = SentMessage(
-        "email",
+        ChannelName.EMAIL,
         path,
         subject=str(message.get("Subject", "")),
         to=str(message.get("To", "")),
@@ -198,20 +199,20 @@ def _email(path: Path) -> SentMessage:
 def sent_message(outbox: Path, channel: str, action_id: str) -> SentMessage | None:
     """The outbox file of ``action_id``, or None (not sent yet, or sent through a provider,
     which keeps no copy here)."""
-    from dispatch.channels.outbox import is_safe_action_id
+    from dispatch.channels.outbox import SUFFIXES, is_safe_action_id
 
     if not is_safe_action_id(action_id):
         return None
-    suffix = {"email": ".eml", "sms": ".json", "letter": ".pdf"}.get(channel)
+    suffix = SUFFIXES.get(channel)
     path = outbox / channel / f"{action_id}{suffix}"
     if suffix is None or not path.is_file():
         return None
-    if channel == "email":
+    if channel == ChannelName.EMAIL:
         return _email(path)
-    if channel == "sms":
+    if channel == ChannelName.SMS:
         record = json.loads(path.read_text(encoding="utf-8"))
-        return SentMessage("sms", path, to=record.get("to"), text=record.get("body"))
-    return SentMessage("letter", path, pdf=path.read_bytes(), pdf_name=f"{action_id}.pdf")
+        return SentMessage(ChannelName.SMS, path, to=record.get("to"), text=record.get("body"))
+    return SentMessage(ChannelName.LETTER, path, pdf=path.read_bytes(), pdf_name=f"{action_id}.pdf")
 
 
 def sends_per_day(engine: Engine, since: dt.date) -> pd.DataFrame:

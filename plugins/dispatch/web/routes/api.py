@@ -18,6 +18,7 @@ from dispatch.errors import DispatchError, RefusedError, UnknownIdError
 from dispatch.people import operations
 from dispatch.people.listing import jsonable
 from dispatch.runtime.run_history import list_runs
+from dispatch.vocabulary import ActionStatus
 from dispatch.web import queries
 from dispatch.web.deps import Context, User, csrf_for, now, require_csrf
 from dispatch.web.routes.todo import send_now, sent_words, todo_rows
@@ -104,7 +105,7 @@ def ignore(body: ActionIds, web: Context, user: User) -> Outcome:
 
 
 def _send_outcome(result: dict) -> SendOutcome:
-    sent = result["status"] == "sent"
+    sent = result["status"] == ActionStatus.SENT
     return SendOutcome(
         action_id=result["action_id"],
         status=result["status"],

@@ -12,6 +12,7 @@ from dispatch.errors import DispatchError, RefusedError, UnknownIdError
 from dispatch.people import operations
 from dispatch.people.listing import reason_in_words
 from dispatch.storage.schema import CHANNELS, MANUAL_REASONS, organizations, users
+from dispatch.vocabulary import ActionStatus
 from dispatch.web.deps import Context, User, WebContext, now, require_csrf
 from dispatch.web.pages import render
 
@@ -151,7 +152,7 @@ def send(
         result = send_now(web, action_id, user)
     except DispatchError as exc:
         return page(request, web, user, filters, str(exc), "error", status_of(exc))
-    if result["status"] == "sent":
+    if result["status"] == ActionStatus.SENT:
         return page(request, web, user, filters, f"1 sent: {action_id} to {result['recipient']}")
     return page(request, web, user, filters, sent_words(action_id, result), "error", 409)
 
@@ -167,7 +168,7 @@ def send_now(web: WebContext, action_id: str, user: str) -> dict:
 
 def sent_words(action_id: str, result: dict) -> str:
     """Why a send did not go, as the CLI says it."""
-    if result["status"] == "cancelled":
+    if result["status"] == ActionStatus.CANCELLED:
         return f"action {action_id} not sent and cancelled: {result['detail']}"
     return (
         f"action {action_id} not sent: {result['manual_reason']} ({result['detail']}); "
