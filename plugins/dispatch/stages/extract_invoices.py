@@ -313,8 +313,13 @@ def _import_chunk(
         }
     )
     # first_seen_* only land on insert: the upsert updates the MUTABLE columns alone
-    records = frame_records(out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id))
-    upsert(conn, invoices, records, ["invoice_id"], MUTABLE)
+    upsert(
+        conn,
+        invoices,
+        out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id),
+        ["invoice_id"],
+        MUTABLE,
+    )
     summary.imported += int(is_new.sum())
     summary.updated += int((~is_new).sum())
 
