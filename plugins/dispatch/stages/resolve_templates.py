@@ -280,6 +280,10 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
             if not cand.empty:
                 conn.execute(delete(_STAGE))
                 append_rows(conn, _STAGE, _schedule(cand))
+                if conn.dialect.name == "postgresql":
+                    # a temporary table has no statistics: without them the planner would
+                    # hash every created event of the history to check a day's few actions
+                    conn.exec_driver_sql(f"ANALYZE {_STAGE.name}")
                 summary.created += _insert_actions(conn, _STAGE, ctx)
                 _insert_created_events(conn, _STAGE, ctx)
             del cand
