@@ -263,12 +263,28 @@ def _settle_queue(conn: Connection, after: str | None, upto: str | None) -> None
     conn.execute(stmt)
 
 
+def _probe_by_index(conn: Connection) -> None:
+    """PostgreSQL, for this transaction: reach the history through its indexes only.
+
+    Every statement here starts from a page of at most ``CHUNK_ROWS`` keys (the queue's page,
+    the staged schedule). Against a large history the planner otherwise prefers to merge or
+    hash the page with every invoice, action or event — a scan of the history once per page,
+    which made a first run quadratic in N and a day's run grow with the history. Nested
+    loops over the keys cost what the page costs; JIT compiling each page's plan costs more
+    than running it."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        conn.exec_driver_sql("SET LOCAL jit = off")
+
+
 def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None = None) -> ResolveSummary:
     """Create the missing actions of the queued invoices, one keyset page at a time, in one
     transaction; the cost follows the day's new invoices plus those still without template."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ResolveSummary()
     with db.tx() as conn:
+        _probe_by_index(conn)
         _STAGE.create(conn)
         after: str | None = None
         while True:
