@@ -200,10 +200,10 @@ invoices = Table(
     CheckConstraint(_in("sent_how", SENT_HOW, nullable=True), name="sent_how"),
     CheckConstraint(_in("accounting_status", ACCOUNTING_STATUSES), name="accounting_status"),
     Index(None, "org_id", "number"),
-    Index(None, "sending_status"),
     Index(None, "customer_id"),
     Index(None, "first_seen_run_id"),  # what a run imported (0003)
-    Index(None, "sending_status", "sent_how"),  # outcome totals, index-only (0003)
+    # outcome totals, index-only (0004); also every lookup by status (0006 dropped the status alone)
+    Index(None, "sending_status", "sent_how"),
 )
 
 invoice_actions = Table(
