@@ -15,7 +15,8 @@ delay, the org's calendar), computes the instants and the deterministic action i
 by column, and stages those few columns in a temporary table (COPY on PostgreSQL). Two
 ``INSERT … SELECT`` statements then create the actions — joined in SQL to the invoice's
 plan, template and organization — and their ``created`` events; no action row travels
-through Python, and nothing comes back but a row count.
+through Python, and nothing comes back but the ids created (to leave out of the events the
+actions a concurrent run created first).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from sqlalchemy import (
     Text,
     case,
     delete,
-    exists,
     func,
     literal,
     or_,
@@ -46,6 +46,7 @@ from sqlalchemy import (
 
 from dispatch.rules.scheduling import scheduled_instants
 from dispatch.runtime.runs import RunContext
+from dispatch.storage import source
 from dispatch.storage.bulk import append_rows, dialect_insert
 from dispatch.storage.schema import (
     UTCDateTime,
@@ -174,9 +175,9 @@ def _schedule(cand: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _insert_actions(conn: Connection, stage: Table, ctx: RunContext) -> int:
+def _insert_actions(conn: Connection, stage: Table, ctx: RunContext) -> list[str]:
     """The staged actions, completed in SQL from the invoice's plan and template; an invoice
-    that has its action already (a concurrent run's) is skipped. Returns the rows created."""
+    that has its action already (a concurrent run's) is skipped. Returns the ids created."""
     at = literal(ctx.as_of, UTCDateTime())
     t = invoice_templates
     rows = select(
@@ -203,38 +204,42 @@ def _insert_actions(conn: Connection, stage: Table, ctx: RunContext) -> int:
         "created_at", "updated_at",
     ]  # fmt: skip
     stmt = dialect_insert(conn, invoice_actions).from_select(names, rows).on_conflict_do_nothing()
-    # an INSERT's row count is only kept when asked for (SQLAlchemy 2)
-    return int(conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount or 0)
+    return list(conn.execute(stmt.returning(invoice_actions.c.action_id)).scalars())
+
+
+def _keep_created(conn: Connection, stage: Table, staged: pd.Series, created: list[str]) -> None:
+    """Unstage the actions this run did not create (a concurrent run's, rare): their
+    ``created`` event is that run's."""
+    skipped = staged[~staged.isin(created)].tolist()
+    for start in range(0, len(skipped), source.IN_LIST):
+        conn.execute(delete(stage).where(stage.c.action_id.in_(skipped[start : start + source.IN_LIST])))
 
 
 def _insert_created_events(conn: Connection, stage: Table, ctx: RunContext) -> None:
-    """One ``created`` event per staged action this run created (a concurrent run's action
-    has its own event, so it gets none here)."""
-    a = invoice_actions
+    """One ``created`` event per staged action, described from the same plan and template
+    as the action (the statement never reads the history of actions or events)."""
+    t = invoice_templates
     detail = (
         literal("template ")
-        + a.c.template_id
+        + t.c.template_id
         + ", "
-        + a.c.channel
+        + t.c.channel
         + ", "
-        + case((a.c.automatic, "automatic"), else_="manual")
+        + case((t.c.automatic, "automatic"), else_="manual")
         + ", scheduled for "
         + stage.c.scheduled_text
     )
-    created_before = exists().where(
-        action_events.c.action_id == a.c.action_id, action_events.c.event == "created"
-    )
     rows = (
         select(
-            a.c.action_id,
-            a.c.invoice_id,
+            stage.c.action_id,
+            stage.c.invoice_id,
             literal(ctx.as_of, UTCDateTime()),
             literal("created"),
             detail,
             literal(ctx.run_id),
         )
-        .select_from(stage.join(a, a.c.action_id == stage.c.action_id))
-        .where(a.c.created_at == literal(ctx.as_of, UTCDateTime()), ~created_before)
+        .select_from(_with_template(stage))
+        .where(invoices.c.sending_status == "to_send")
     )
     conn.execute(
         action_events.insert().from_select(
@@ -263,28 +268,12 @@ def _settle_queue(conn: Connection, after: str | None, upto: str | None) -> None
     conn.execute(stmt)
 
 
-def _probe_by_index(conn: Connection) -> None:
-    """PostgreSQL, for this transaction: reach the history through its indexes only.
-
-    Every statement here starts from a page of at most ``CHUNK_ROWS`` keys (the queue's page,
-    the staged schedule). Against a large history the planner otherwise prefers to merge or
-    hash the page with every invoice, action or event — a scan of the history once per page,
-    which made a first run quadratic in N and a day's run grow with the history. Nested
-    loops over the keys cost what the page costs; JIT compiling each page's plan costs more
-    than running it."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        conn.exec_driver_sql("SET LOCAL jit = off")
-
-
 def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None = None) -> ResolveSummary:
     """Create the missing actions of the queued invoices, one keyset page at a time, in one
     transaction; the cost follows the day's new invoices plus those still without template."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ResolveSummary()
     with db.tx() as conn:
-        _probe_by_index(conn)
         _STAGE.create(conn)
         after: str | None = None
         while True:
@@ -295,13 +284,18 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
             cand = _candidates(conn, page)
             if not cand.empty:
                 conn.execute(delete(_STAGE))
-                append_rows(conn, _STAGE, _schedule(cand))
+                schedule = _schedule(cand)
+                append_rows(conn, _STAGE, schedule)
                 if conn.dialect.name == "postgresql":
                     # a temporary table has no statistics: without them the planner would
                     # hash every created event of the history to check a day's few actions
                     conn.exec_driver_sql(f"ANALYZE {_STAGE.name}")
-                summary.created += _insert_actions(conn, _STAGE, ctx)
+                created = _insert_actions(conn, _STAGE, ctx)
+                if len(created) < len(schedule):
+                    _keep_created(conn, _STAGE, schedule["action_id"], created)
                 _insert_created_events(conn, _STAGE, ctx)
+                summary.created += len(created)
+                del schedule, created
             del cand
             _settle_queue(conn, after, last)
             after = str(last)
