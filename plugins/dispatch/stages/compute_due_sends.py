@@ -58,9 +58,11 @@ def batch_plan(n_due: int, batch_size: int, max_batches: int = DEFAULT_MAX_BATCH
 #: Actions classified per chunk: memory stays flat whatever the number of due actions.
 CHUNK_ROWS = 50_000
 #: How far past ``as_of`` an action may be scheduled and still be due under the local-date
-#: rule: its scheduled instant lies on its scheduled local day (plus at most a DST hour), and
-#: that day is at most the run's local day, so it is before ``as_of`` + 25 hours in any zone.
-LOCAL_DAY_REACH = dt.timedelta(days=2)
+#: rule: its scheduled instant lies on its scheduled local day, and that day is at most the
+#: run's local day, which ``as_of`` lies in and which lasts at most 25 hours (a DST change):
+#: so it is before ``as_of`` + 25 hours in any zone. A wider reach would read, every day, the
+#: history's actions scheduled for the next days only to find them not due.
+LOCAL_DAY_REACH = dt.timedelta(hours=25)
 
 
 def due_bound(ctx: RunContext) -> dt.datetime:

@@ -36,9 +36,17 @@ from sqlalchemy import Connection, Engine, select
 
 from dispatch.rules import import_rules as rules
 from dispatch.runtime.runs import RunContext
+from dispatch.stages.tag_new_invoices import initial_statuses
 from dispatch.storage import bulk_extract, source
 from dispatch.storage.bulk import frame_records, insert_ignore, upsert
-from dispatch.storage.schema import customers, invoices, organizations, rejected_invoices, watermarks
+from dispatch.storage.schema import (
+    customers,
+    invoices,
+    organizations,
+    rejected_invoices,
+    template_queue,
+    watermarks,
+)
 from dispatch.storage.session import Database
 
 #: the newest ``updated_at`` imported (reported; the window of databases from before READ_UNTIL)
@@ -242,7 +250,11 @@ def extract_invoices(
             .tuples()
             .all()
         )
-        known_orgs = set(conn.execute(select(organizations.c.org_id)).scalars())
+        switches: dict[str, dt.datetime | None] = dict(
+            conn.execute(select(organizations.c.org_id, organizations.c.invoice_sending_enabled_at))
+            .tuples()
+            .all()
+        )
     newest_mark, read_until = marks.get(WATERMARK), marks.get(READ_UNTIL)
     since = window_start(read_until, newest_mark, lookback)
     # what this read covers: up to the as-of instant, or the wall clock when the run is "as
@@ -262,7 +274,7 @@ def extract_invoices(
             stamp = rules.parse_instants(raw["updated_at"]).max()
             if pd.notna(stamp) and (newest is None or stamp > newest):
                 newest = stamp
-            _import_chunk(conn, raw, book, known_orgs, ctx, summary)
+            _import_chunk(conn, raw, book, switches, ctx, summary)
         bulk_extract.drop_keys_table(conn)
 
         if newest is not None:
@@ -278,12 +290,13 @@ def _import_chunk(
     conn: Connection,
     raw: pd.DataFrame,
     book: CustomerBook,
-    known_orgs: set[str],
+    switches: dict[str, dt.datetime | None],
     ctx: RunContext,
     summary: ExtractSummary,
 ) -> None:
     """Validate one chunk against the rules and the history, quarantine its bad rows and
-    upsert the good ones."""
+    upsert the good ones; a new invoice is inserted tagged (``tag_new_invoices``' rule, for
+    its organization's sending switch in ``switches``) and, when to send, queued."""
     cust, changed = book.for_chunk(conn, raw["customer_id"])
     summary.customers_changed += changed
     known: set[str] = set()
@@ -294,7 +307,7 @@ def _import_chunk(
         known.update(bulk_extract.known_ids(conn))
         return bulk_extract.numbers_taken(conn)
 
-    valid, rejected = validate_invoices(raw, cust, known_orgs, ctx.as_of, history)
+    valid, rejected = validate_invoices(raw, cust, set(switches), ctx.as_of, history)
     _quarantine(conn, rejected, ctx, summary)
     if valid.empty:
         return
@@ -315,9 +328,20 @@ def _import_chunk(
             "source_updated_at": valid["updated_at_p"],
         }
     )
-    # first_seen_* only land on insert: the upsert updates the MUTABLE columns alone
-    records = frame_records(out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id))
-    upsert(conn, invoices, records, ["invoice_id"], MUTABLE)
+    enabled_at = pd.to_datetime(out["org_id"].map(switches), utc=True)
+    status = initial_statuses(enabled_at, pd.Timestamp(ctx.as_of), out["accounting_status"])
+    # first_seen_* and the status only land on insert: the upsert updates the MUTABLE columns alone
+    upsert(
+        conn,
+        invoices,
+        out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id, sending_status=status),
+        ["invoice_id"],
+        MUTABLE,
+    )
+    queue = is_new.to_numpy() & (status == "to_send")
+    if queue.any():
+        waiting = pd.DataFrame({"invoice_id": out["invoice_id"].to_numpy()[queue], "queued_at": ctx.as_of})
+        insert_ignore(conn, template_queue, waiting, ["invoice_id"])
     summary.imported += int(is_new.sum())
     summary.updated += int((~is_new).sum())
 

@@ -9,20 +9,47 @@ assigned; the next run then creates the action. The action is scheduled at creat
 The invoices to resolve come from the template queue (``template_queue``, filled by tag):
 the day's new to-send invoices and the few still without template, never a search for
 missing actions across every to-send invoice of the history.
+
+Set-based: Python reads a page of the queue with only what the schedule needs (dates, the
+delay, the org's calendar), computes the instants and the deterministic action ids column
+by column, and stages those few columns in a temporary table (COPY on PostgreSQL). Two
+``INSERT … SELECT`` statements then create the actions — joined in SQL to the invoice's
+plan, template and organization — and their ``created`` events; no action row travels
+through Python, and nothing comes back but the ids created (to leave out of the events the
+actions a concurrent run created first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, delete, func, or_, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    MetaData,
+    String,
+    Table,
+    Text,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+)
 
 from dispatch.rules.scheduling import scheduled_instants
 from dispatch.runtime.runs import RunContext
-from dispatch.storage.bulk import append_rows, insert_ignore
+from dispatch.storage import source
+from dispatch.storage.bulk import append_rows, dialect_insert
 from dispatch.storage.schema import (
+    UTCDateTime,
     action_events,
     customer_plans,
     invoice_actions,
@@ -42,6 +69,20 @@ def action_id_for(invoice_id: str) -> str:
     return "act_" + uuid.uuid5(ACTION_NAMESPACE, invoice_id).hex
 
 
+def action_ids_for(invoice_ids: Iterable[str]) -> np.ndarray:
+    """:func:`action_id_for` of many invoices at once (an object array, same order).
+
+    UUID version 5 is the SHA-1 of the namespace and the name with six bits set; only the
+    hash is computed per id, the bits and the hex spelling are set for the whole column."""
+    prefix, sha1 = ACTION_NAMESPACE.bytes, hashlib.sha1
+    digests = b"".join([sha1(prefix + i.encode("utf-8")).digest()[:16] for i in invoice_ids])
+    raw = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50  # version 5
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype="S32").astype("U32")
+    return np.char.add("act_", hexed).astype(object)
+
+
 @dataclass
 class ResolveSummary:
     created: int = 0
@@ -53,6 +94,18 @@ class ResolveSummary:
 
 #: Invoices resolved per chunk: memory stays flat whatever the number of new invoices.
 CHUNK_ROWS = 50_000
+
+#: The staged schedule of a page: what Python computed, joined in SQL with the rest.
+_STAGE = Table(
+    "_resolve_schedule",
+    MetaData(),
+    Column("action_id", String(64)),
+    Column("invoice_id", String(64)),
+    Column("scheduled_for", UTCDateTime),
+    Column("scheduled_local_date", Date),
+    Column("scheduled_text", Text),  # the instant as the created event spells it
+    prefixes=["TEMPORARY"],
+)
 
 
 def _has_action():  # type: ignore[no-untyped-def]
@@ -71,39 +124,128 @@ def _queue_page(after: str | None, limit: int):  # type: ignore[no-untyped-def]
     return stmt.subquery("page")
 
 
+def _with_template(source):  # type: ignore[no-untyped-def]
+    """``source`` (holding ``invoice_id``) joined to the invoice, the plan of the customer
+    that owns it, that plan's template and the invoice's organization."""
+    return (
+        source.join(invoices, invoices.c.invoice_id == source.c.invoice_id)
+        .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
+        .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
+        .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
+        .join(organizations, organizations.c.org_id == invoices.c.org_id)
+    )
+
+
 def _candidates(conn: Connection, page) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """The invoices of a queue page that are to send, have no action yet and whose owner has
-    a plan with a template. The query starts from the page (never from every to-send
-    invoice), whatever the planner's statistics say after a bulk import."""
+    """The schedule inputs of the invoices of a queue page that are to send, have no action
+    yet and whose owner has a plan with a template. The query starts from the page (never
+    from every to-send invoice), whatever the planner's statistics say after a bulk import."""
     stmt = (
         select(
             invoices.c.invoice_id,
-            invoices.c.org_id,
             invoices.c.issue_date,
             invoices.c.first_seen_at,
-            plans.c.plan_id,
-            invoice_templates.c.template_id,
-            invoice_templates.c.channel,
-            invoice_templates.c.automatic,
             invoice_templates.c.delay_days,
-            func.coalesce(invoice_templates.c.owner_user_id, organizations.c.default_owner).label(
-                "owner_user_id"
-            ),
             organizations.c.timezone,
             organizations.c.send_time,
             # the org's holiday calendar: `holidays`, else its country
             func.coalesce(organizations.c.holidays, organizations.c.country).label("holidays"),
         )
-        .select_from(page)
-        .join(invoices, invoices.c.invoice_id == page.c.invoice_id)
-        .join(customer_plans, customer_plans.c.customer_id == invoices.c.customer_id)
-        .join(plans, (plans.c.plan_id == customer_plans.c.plan_id) & (plans.c.org_id == invoices.c.org_id))
-        .join(invoice_templates, invoice_templates.c.template_id == plans.c.template_id)
-        .join(organizations, organizations.c.org_id == invoices.c.org_id)
+        .select_from(_with_template(page))
         .where(invoices.c.sending_status == "to_send", ~_has_action())
-        .order_by(invoices.c.invoice_id)
     )
     return pd.read_sql(stmt, conn)
+
+
+def _schedule(cand: pd.DataFrame) -> pd.DataFrame:
+    """The staged columns: action ids and instants, computed column by column."""
+    cand["first_seen_at"] = pd.to_datetime(cand["first_seen_at"], utc=True)
+    sched = scheduled_instants(cand)
+    scheduled_for = pd.to_datetime(sched["scheduled_for"], utc=True)
+    naive = scheduled_for.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
+    text = pd.Series(np.char.add(np.datetime_as_string(naive, unit="s"), "Z"), index=cand.index, dtype=object)
+    return pd.DataFrame(
+        {
+            "action_id": action_ids_for(cand["invoice_id"].astype(str)),
+            "invoice_id": cand["invoice_id"].astype(str),
+            "scheduled_for": scheduled_for,
+            "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
+            "scheduled_text": text.where(~np.isnat(naive), None),
+        }
+    )
+
+
+def _insert_actions(conn: Connection, stage: Table, ctx: RunContext) -> list[str]:
+    """The staged actions, completed in SQL from the invoice's plan and template; an invoice
+    that has its action already (a concurrent run's) is skipped. Returns the ids created."""
+    at = literal(ctx.as_of, UTCDateTime())
+    t = invoice_templates
+    rows = select(
+        stage.c.action_id,
+        stage.c.invoice_id,
+        invoices.c.org_id,
+        plans.c.plan_id,
+        t.c.template_id,
+        t.c.channel,
+        t.c.automatic,
+        func.coalesce(t.c.owner_user_id, organizations.c.default_owner),
+        stage.c.scheduled_for,
+        stage.c.scheduled_local_date,
+        literal("scheduled"),
+        literal(0),
+        at,
+        at,
+    ).select_from(_with_template(stage))
+    # SQLite needs a WHERE before ON CONFLICT (else it reads the ON as the join's)
+    rows = rows.where(invoices.c.sending_status == "to_send")
+    names = [
+        "action_id", "invoice_id", "org_id", "plan_id", "template_id", "channel", "automatic",
+        "owner_user_id", "scheduled_for", "scheduled_local_date", "status", "attempts",
+        "created_at", "updated_at",
+    ]  # fmt: skip
+    stmt = dialect_insert(conn, invoice_actions).from_select(names, rows).on_conflict_do_nothing()
+    return list(conn.execute(stmt.returning(invoice_actions.c.action_id)).scalars())
+
+
+def _keep_created(conn: Connection, stage: Table, staged: pd.Series, created: list[str]) -> None:
+    """Unstage the actions this run did not create (a concurrent run's, rare): their
+    ``created`` event is that run's."""
+    skipped = staged[~staged.isin(created)].tolist()
+    for start in range(0, len(skipped), source.IN_LIST):
+        conn.execute(delete(stage).where(stage.c.action_id.in_(skipped[start : start + source.IN_LIST])))
+
+
+def _insert_created_events(conn: Connection, stage: Table, ctx: RunContext) -> None:
+    """One ``created`` event per staged action, described from the same plan and template
+    as the action (the statement never reads the history of actions or events)."""
+    t = invoice_templates
+    detail = (
+        literal("template ")
+        + t.c.template_id
+        + ", "
+        + t.c.channel
+        + ", "
+        + case((t.c.automatic, "automatic"), else_="manual")
+        + ", scheduled for "
+        + stage.c.scheduled_text
+    )
+    rows = (
+        select(
+            stage.c.action_id,
+            stage.c.invoice_id,
+            literal(ctx.as_of, UTCDateTime()),
+            literal("created"),
+            detail,
+            literal(ctx.run_id),
+        )
+        .select_from(_with_template(stage))
+        .where(invoices.c.sending_status == "to_send")
+    )
+    conn.execute(
+        action_events.insert().from_select(
+            ["action_id", "invoice_id", "at", "event", "detail", "run_id"], rows
+        )
+    )
 
 
 def _settle_queue(conn: Connection, after: str | None, upto: str | None) -> None:
@@ -126,52 +268,13 @@ def _settle_queue(conn: Connection, after: str | None, upto: str | None) -> None
     conn.execute(stmt)
 
 
-def _actions(cand: pd.DataFrame, ctx: RunContext) -> pd.DataFrame:
-    cand["first_seen_at"] = pd.to_datetime(cand["first_seen_at"], utc=True)
-    sched = scheduled_instants(cand)
-    actions = pd.DataFrame(
-        {
-            "action_id": cand["invoice_id"].map(action_id_for),
-            "invoice_id": cand["invoice_id"],
-            "org_id": cand["org_id"],
-            "plan_id": cand["plan_id"],
-            "template_id": cand["template_id"],
-            "channel": cand["channel"],
-            "automatic": cand["automatic"].astype(bool),
-            "owner_user_id": cand["owner_user_id"],
-            "scheduled_for": pd.to_datetime(sched["scheduled_for"], utc=True),
-            "scheduled_local_date": pd.to_datetime(sched["scheduled_local_date"]).dt.date,
-        }
-    )
-    return actions.assign(status="scheduled", attempts=0, created_at=ctx.as_of, updated_at=ctx.as_of)
-
-
-def _created_events(actions: pd.DataFrame, created: list[tuple], ctx: RunContext) -> pd.DataFrame:
-    """One ``created`` event per action actually inserted (a concurrent run's are not ours)."""
-    described = (
-        "template "
-        + actions["template_id"]
-        + ", "
-        + actions["channel"]
-        + ", "
-        + actions["automatic"].map({True: "automatic", False: "manual"})
-        + ", scheduled for "
-        + actions["scheduled_for"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    )
-    events = pd.DataFrame(
-        {"action_id": actions["action_id"], "invoice_id": actions["invoice_id"], "detail": described}
-    )
-    if len(created) != len(actions):
-        events = events[events["action_id"].isin([a for a, _ in created])]
-    return events.assign(at=ctx.as_of, event="created", run_id=ctx.run_id)
-
-
 def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None = None) -> ResolveSummary:
     """Create the missing actions of the queued invoices, one keyset page at a time, in one
     transaction; the cost follows the day's new invoices plus those still without template."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     summary = ResolveSummary()
     with db.tx() as conn:
+        _STAGE.create(conn)
         after: str | None = None
         while True:
             page = _queue_page(after, chunk_rows)
@@ -180,19 +283,25 @@ def resolve_templates(db: Database, ctx: RunContext, *, chunk_rows: int | None =
                 break
             cand = _candidates(conn, page)
             if not cand.empty:
-                actions = _actions(cand, ctx)
-                created = (
-                    insert_ignore(
-                        conn, invoice_actions, actions, ["invoice_id"], returning=["action_id", "invoice_id"]
-                    )
-                    or []
-                )
-                append_rows(conn, action_events, _created_events(actions, created, ctx))
+                conn.execute(delete(_STAGE))
+                schedule = _schedule(cand)
+                append_rows(conn, _STAGE, schedule)
+                if conn.dialect.name == "postgresql":
+                    # a temporary table has no statistics: without them the planner would
+                    # hash every created event of the history to check a day's few actions
+                    conn.exec_driver_sql(f"ANALYZE {_STAGE.name}")
+                created = _insert_actions(conn, _STAGE, ctx)
+                if len(created) < len(schedule):
+                    _keep_created(conn, _STAGE, schedule["action_id"], created)
+                _insert_created_events(conn, _STAGE, ctx)
                 summary.created += len(created)
+                del schedule, created
+            del cand
             _settle_queue(conn, after, last)
             after = str(last)
             if n_page < chunk_rows:
                 break
+        _STAGE.drop(conn)
         summary.without_template = int(
             conn.execute(select(func.count()).select_from(template_queue)).scalar() or 0
         )

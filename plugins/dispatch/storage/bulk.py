@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ COPY_MIN_ROWS = 200
 #: PostgreSQL's text COPY spelling of NULL; real backslashes are escaped, so no value collides.
 _NULL = "\\N"
 _ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
-_NEEDS_ESCAPE = r"[\\\t\n\r]"
+_NEEDS_ESCAPE_RE = re.compile(r"[\\\t\n\r]")
 _stage_names = itertools.count()
 
 Rows = list[dict[str, Any]] | pd.DataFrame
@@ -98,17 +99,17 @@ def _copy_text(target: Table, frame: pd.DataFrame) -> str:
         elif isinstance(col_type, Integer) and pd.api.types.is_float_dtype(col.dtype):
             col = col.astype("Int64")  # NaN made a float of an integer column: '3.0' is no integer
         elif col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-            missing = col.isna()
-            text = col.where(missing, col.astype(str)) if col.dtype == object else col
-            if pd.api.types.is_bool_dtype(col.dropna().infer_objects().dtype):
-                text = col.map({True: "t", False: "f"})
+            present = col[col.notna()]
+            if pd.api.types.is_bool_dtype(present.infer_objects().dtype):
+                text = present.map({True: "t", False: "f"})
             else:
-                text = text.astype("string")
-                # one pass to find the rare values COPY must escape; most columns have none
-                if text.str.contains(_NEEDS_ESCAPE, regex=True).any():
+                text = present.astype(str)
+                # one search of the column joined, for the rare values COPY must escape: a
+                # search per value cost more than writing the column
+                if _NEEDS_ESCAPE_RE.search("".join(text.tolist())):
                     for plain, escaped in _ESCAPES:
                         text = text.str.replace(plain, escaped, regex=False)
-            col = text.where(~missing, None)
+            col = text.reindex(col.index)  # missing values are written as NULL
         out[str(name)] = col
     return pd.DataFrame(out).to_csv(
         index=False, header=False, sep="\t", quoting=csv.QUOTE_NONE, na_rep=_NULL, lineterminator="\n"

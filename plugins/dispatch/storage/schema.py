@@ -208,11 +208,11 @@ invoices = Table(
     CheckConstraint(_in("sent_how", SENT_HOW, nullable=True), name="sent_how"),
     CheckConstraint(_in("accounting_status", ACCOUNTING_STATUSES), name="accounting_status"),
     Index(None, "org_id", "number"),
-    Index(None, "sending_status"),
     Index(None, "customer_id"),
     Index(None, "first_seen_run_id"),  # what a run imported (0003)
-    Index(None, "sending_status", "sent_how"),  # outcome totals, index-only (0003)
-    Index(None, "number"),  # the Invoices page's search by number (0008)
+    # outcome totals, index-only (0004); also every lookup by status (0007 dropped the status alone)
+    Index(None, "sending_status", "sent_how"),
+    Index(None, "number"),  # the Invoices page's search by number (0006)
 )
 
 invoice_actions = Table(
@@ -252,7 +252,7 @@ invoice_actions = Table(
     ),
     Index(None, "status", "scheduled_for"),
     Index(None, "org_id", "status"),
-    Index(None, "provider_message_id"),  # delivery events find their action by it (0007)
+    Index(None, "provider_message_id"),  # delivery events find their action by it (0008)
 )
 
 action_events = Table(
@@ -271,7 +271,7 @@ action_events = Table(
     Index(None, "run_id", "event"),  # a run's counts read its own events (0003)
 )
 
-# One row per provider delivery event (0007): SendGrid's Event Webhook, Twilio's status
+# One row per provider delivery event (0008): SendGrid's Event Webhook, Twilio's status
 # callbacks, the print API's letter tracking events. ``action_id`` stays NULL until the event
 # is matched to the action whose send recorded ``provider_message_id`` (an event may arrive
 # before the send's write, or be about a message this database never sent).
@@ -370,7 +370,7 @@ due_sends = Table(
 )
 
 
-# --- analysts' views (migrations 0005 and 0007; docs/data-dictionary.md) ----------------------
+# --- analysts' views (migrations 0005 and 0008; docs/data-dictionary.md) ----------------------
 # The migration that last defined a view keeps its own frozen copy of its body; a test checks
 # both agree. The views of 0001 (invoice_status, todo_invoicing, …) are defined there alone.
 # ``delivery_status`` shows the latest state of the action's current message per recipient:

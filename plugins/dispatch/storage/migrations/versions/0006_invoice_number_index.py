@@ -1,6 +1,6 @@
 """an index on the invoice number, for the Invoices page's search
 
-Revision ID: 0008
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-01
 
@@ -12,7 +12,7 @@ no table rebuild, on SQLite and PostgreSQL.
 
 from alembic import op
 
-revision = "0008"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """delivery events: what the providers' signed webhooks said after "sent"
 
-Revision ID: 0007
-Revises: 0008 (written on 0005; chained after wt/web's 0008 once that was merged in)
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01
 
 * Table ``delivery_events``: one row per provider event (SendGrid Event Webhook, Twilio status
@@ -22,8 +22,8 @@ PostgreSQL's ``CREATE OR REPLACE`` cannot add columns before existing ones.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0008"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
