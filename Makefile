@@ -46,6 +46,8 @@ lint: install
 BACKEND ?= postgres
 bench: install
 	$(PY) -m dispatch.devtools.bench --backend $(BACKEND) $(if $(N),--invoices $(N),)
+	$(PY) -m dispatch.devtools.bench_pages --backend $(BACKEND) $(if $(N),--invoices $(N),)
+	$(PY) -m dispatch.devtools.bench_webhooks --events 10000
 
 # Attack running pipelines from outside (kill -9, concurrent runs, provider, database and
 # disk faults, a Celery deployment with a worker killed) and print the figures of
