@@ -51,6 +51,13 @@ def test_demo_events_show_on_the_invoice_pages(
             "open",
         )
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", delivery["at"])
+        # the page shows both what the provider delivered and when it was opened, in that order
+        steps = [s["state"] for s in delivery["steps"]]
+        assert "delivered" in steps and steps.index("delivered") < steps.index("opened") == len(steps) - 1
+        assert all(
+            re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", s["at"]) for s in delivery["steps"]
+        )
+        assert re.search(r"delivered \d{4}-\d\d-\d\d \d\d:\d\d UTC → opened \d{4}-\d\d-\d\d", opened_page)
         assert sw.w.action(bounced)["manual_reason"] == "bounced"
         states = {
             r["invoice_id"]: r["state"] for r in sw.w.rows("SELECT invoice_id, state FROM delivery_status")

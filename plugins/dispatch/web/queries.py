@@ -154,6 +154,24 @@ def invoice_detail(engine: Engine, invoice_id: str) -> dict[str, Any] | None:
             params={"id": invoice_id},
         )
         deliveries["at"] = pd.to_datetime(deliveries["at"], utc=True, format="ISO8601")
+        # and the states it went through on its way there, each at the first time it was seen
+        steps = pd.read_sql(
+            text(
+                "SELECT COALESCE(d.recipient, a.recipient) AS recipient, d.state, "
+                "MIN(COALESCE(d.occurred_at, d.received_at)) AS at "
+                "FROM delivery_events d JOIN invoice_actions a "
+                "ON a.action_id = d.action_id AND a.provider_message_id = d.provider_message_id "
+                "WHERE a.invoice_id = :id AND d.state <> 'other' "
+                "GROUP BY COALESCE(d.recipient, a.recipient), d.state ORDER BY 3"
+            ),
+            conn,
+            params={"id": invoice_id},
+        )
+        steps["at"] = pd.to_datetime(steps["at"], utc=True, format="ISO8601")
+        deliveries["steps"] = [
+            steps.loc[steps["recipient"] == recipient, ["state", "at"]].to_dict("records")
+            for recipient in deliveries["recipient"]
+        ]
     return {
         "invoice": dict(row._mapping),
         "action": dict(action._mapping) if action is not None else None,

@@ -184,7 +184,8 @@ def invoice(invoice_id: str, web: Context, user: User) -> dict[str, Any]:
         "invoice": _records([detail["invoice"]])[0],
         "action": _records([detail["action"]])[0] if detail["action"] else None,
         "events": _records(detail["events"]),
-        "deliveries": _records(detail["deliveries"]),  # each recipient's latest delivery state
+        # each recipient's latest delivery state, and the states it went through on its way
+        "deliveries": [{**d, "steps": _records(d["steps"])} for d in _records(detail["deliveries"])],
     }
 
 
