@@ -31,8 +31,11 @@ $(CELERY_STAMP): $(STAMP) requirements-celery.txt
 demo: install
 	$(PY) -m dispatch.devtools.airflow_demo
 
+# Three workers on two cores: much of the suite waits on PostgreSQL, subprocesses and sockets.
+# Each test makes its own databases, ports and directories, so they run side by side.
+TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow and not postgres"
