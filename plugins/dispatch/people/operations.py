@@ -238,25 +238,37 @@ def ignore_actions(
                 f"cannot ignore action(s) already sent, cancelled or being sent: {listed} "
                 "— nothing was changed"
             )
-        todo = found[found["status"].isin(OPEN_ACTION)]
-        for part in chunks(todo["action_id"].tolist()):
-            conn.execute(
-                update(A)
-                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
-                .values(status=ActionStatus.IGNORED, updated_at=at)
-            )
-        record_events(
-            conn,
-            zip(todo["action_id"], todo["invoice_id"], strict=True),
-            event=event,
-            at=at,
-            run_id=None,
-            actor=who,
-        )
+        todo = _close_open_actions(conn, found[found["status"].isin(OPEN_ACTION)], event, at, who)
         sync_invoice_statuses(conn, todo["invoice_id"].tolist())
     return OperationResult(
         todo["action_id"].tolist(), found.loc[found["status"] == ActionStatus.IGNORED, "action_id"].tolist()
     )
+
+
+def _close_open_actions(
+    conn: Connection, actions: pd.DataFrame, event: EventName, at: dt.datetime, who: str
+) -> pd.DataFrame:
+    """Close the still-open ones of ``actions`` (``action_id``, ``invoice_id``) as ignored and
+    record ``event`` for exactly the rows the guarded UPDATE changed: an action a run claimed
+    in the meantime stays the run's, and the log never says a person closed it."""
+    closed: list[str] = []
+    for part in chunks(actions["action_id"].tolist()):
+        closed += conn.execute(
+            update(invoice_actions)
+            .where(invoice_actions.c.action_id.in_(list(part)), invoice_actions.c.status.in_(OPEN_ACTION))
+            .values(status=ActionStatus.IGNORED, updated_at=at)
+            .returning(invoice_actions.c.action_id)
+        ).scalars()
+    done = actions[actions["action_id"].isin(closed)]
+    record_events(
+        conn,
+        zip(done["action_id"], done["invoice_id"], strict=True),
+        event=event,
+        at=at,
+        run_id=None,
+        actor=who,
+    )
+    return done
 
 
 def mark_sent(
@@ -280,20 +292,7 @@ def mark_sent(
             raise RefusedError(f"cannot mark as sent: {', '.join(bad)} — nothing was changed")
         todo = found.loc[found["sending_status"] == SendingStatus.TO_SEND, "invoice_id"].tolist()
         open_acts = acts[acts["invoice_id"].isin(todo) & acts["status"].isin(OPEN_ACTION)]
-        for part in chunks(open_acts["action_id"].tolist()):
-            conn.execute(
-                update(A)
-                .where(A.c.action_id.in_(list(part)), A.c.status.in_(OPEN_ACTION))
-                .values(status=ActionStatus.IGNORED, updated_at=at)
-            )
-        record_events(
-            conn,
-            zip(open_acts["action_id"], open_acts["invoice_id"], strict=True),
-            event=EventName.MARKED_SENT,
-            at=at,
-            run_id=None,
-            actor=who,
-        )
+        _close_open_actions(conn, open_acts, EventName.MARKED_SENT, at, who)
         for part in chunks(todo):
             conn.execute(
                 update(invoices)
