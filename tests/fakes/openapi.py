@@ -38,20 +38,18 @@ from jsonschema.exceptions import ValidationError, relevance
 
 #: the request schemas this project writes for the provider APIs it calls
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
-#: names a folder of the providers' published OpenAPI documents (default: ``../shared/apis``)
+#: names a folder of the providers' published OpenAPI documents (unset: no comparison)
 PROVIDER_APIS_ENV = "DISPATCH_PROVIDER_APIS"
 
 JSON = Any  # a decoded JSON value
 
 
-def published_apis_dir() -> Path:
-    """Where the providers' published documents may be: ``$DISPATCH_PROVIDER_APIS``, else the
-    team's folder ``shared/apis`` beside the repository. Nothing needs them but the test that
-    compares our schemas with them."""
-    override = os.environ.get(PROVIDER_APIS_ENV)
-    if override:
-        return Path(override)
-    return SCHEMAS_DIR.parents[3] / "shared" / "apis"
+def published_apis_dir() -> Path | None:
+    """The folder of the providers' published documents named by ``$DISPATCH_PROVIDER_APIS``,
+    or None. Nothing needs them but the test that compares our schemas with them, and the
+    project never looks for them outside itself on its own."""
+    folder = os.environ.get(PROVIDER_APIS_ENV, "").strip()
+    return Path(folder) if folder else None
 
 
 # --------------------------------------------------------------------------------------------

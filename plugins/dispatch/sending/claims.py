@@ -332,12 +332,10 @@ def _settle_one(rec, channels: dict[str, Channel], why: str) -> Outcome:  # type
             event=EventName.CLAIM_RELEASED,
             detail=f"left sending by a dead run ({why}); the provider does not have the message",
         )
-    return Outcome(
+    return Outcome.manual(
         action_id=rec.action_id,
         invoice_id=rec.invoice_id,
-        status=ActionStatus.MANUAL,
-        event=EventName.MANUAL,
-        manual_reason=ManualReason.DELIVERY_UNKNOWN,
+        reason=ManualReason.DELIVERY_UNKNOWN,
         detail=f"left sending by a dead run ({why}) while being handed over; "
         "the provider may or may not have accepted it",
         recipient=rec.recipient,

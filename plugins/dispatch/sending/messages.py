@@ -190,12 +190,10 @@ def prepare_messages(
         r = rec.loc[aid]
         if _none(r["problem"]) is not None:
             outcomes.append(
-                Outcome(
+                Outcome.manual(
                     action_id=aid,
                     invoice_id=iid,
-                    status=ActionStatus.MANUAL,
-                    event=EventName.MANUAL,
-                    manual_reason=ManualReason(r["problem"]),
+                    reason=ManualReason(r["problem"]),
                     detail=_none(r["problem_detail"]),
                 )
             )
@@ -231,12 +229,10 @@ def prepare_messages(
             rendered = render_message(spec, context, _none(row.language))
         except TemplateError as exc:
             outcomes.append(
-                Outcome(
+                Outcome.manual(
                     action_id=aid,
                     invoice_id=iid,
-                    status=ActionStatus.MANUAL,
-                    event=EventName.MANUAL,
-                    manual_reason=ManualReason.TEMPLATE_ERROR,
+                    reason=ManualReason.TEMPLATE_ERROR,
                     detail=template_fix_hint(str(exc), row.plan_id, row.template_id),
                 )
             )
@@ -247,12 +243,10 @@ def prepare_messages(
             pdf = read_invoice_pdf(str(pdf_path), pdf_root, pdf_max_bytes)
             if isinstance(pdf, PdfRefusal):
                 outcomes.append(
-                    Outcome(
+                    Outcome.manual(
                         action_id=aid,
                         invoice_id=iid,
-                        status=ActionStatus.MANUAL,
-                        event=EventName.MANUAL,
-                        manual_reason=pdf.reason,
+                        reason=pdf.reason,
                         detail=pdf_fix_hint(pdf.detail),
                     )
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, update
 
@@ -36,6 +37,22 @@ class Outcome:
     deliver_at: dt.datetime | None = None
     provider: str | None = None
     provider_message_id: str | None = None
+
+    @classmethod
+    def manual(
+        cls, *, action_id: str, invoice_id: str, reason: ManualReason, detail: str | None, **more: Any
+    ) -> Outcome:
+        """The action goes to its owner's to-do list: status and event are both ``manual``,
+        and a manual action always says why."""
+        return cls(
+            action_id=action_id,
+            invoice_id=invoice_id,
+            status=ActionStatus.MANUAL,
+            event=EventName.MANUAL,
+            manual_reason=reason,
+            detail=detail,
+            **more,
+        )
 
 
 def apply_outcomes(

@@ -278,12 +278,10 @@ def _outcome(
             detail=f"attempt {attempts}/{max_attempts}: {result}",
             recipient=recipient,
         )
-    return Outcome(
+    return Outcome.manual(
         action_id=message.action_id,
         invoice_id=message.invoice_id,
-        status=ActionStatus.MANUAL,
-        event=EventName.MANUAL,
-        manual_reason=result.reason,
+        reason=result.reason,
         detail=str(result),
         recipient=recipient,
     )

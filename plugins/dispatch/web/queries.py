@@ -168,10 +168,12 @@ def invoice_detail(engine: Engine, invoice_id: str) -> dict[str, Any] | None:
             params={"id": invoice_id},
         )
         steps["at"] = pd.to_datetime(steps["at"], utc=True, format="ISO8601")
-        deliveries["steps"] = [
-            steps.loc[steps["recipient"] == recipient, ["state", "at"]].to_dict("records")
-            for recipient in deliveries["recipient"]
-        ]
+        by_recipient = {
+            r: g[["state", "at"]].to_dict("records") for r, g in steps.groupby("recipient", sort=False)
+        }
+        deliveries["steps"] = pd.Series(
+            [by_recipient.get(r, []) for r in deliveries["recipient"]], index=deliveries.index, dtype=object
+        )
     return {
         "invoice": dict(row._mapping),
         "action": dict(action._mapping) if action is not None else None,

@@ -64,13 +64,20 @@ def _refused(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _accept(web: Context, check: Callable[[], Sequence[DeliveryEvent]]) -> JSONResponse:
-    """Run ``check`` (verify, then parse), then store and act on its events — in the thread
-    pool: verifying, parsing a large batch and the database are all blocking work."""
+async def _accept(
+    request: Request, web: Context, check: Callable[[bytes], Sequence[DeliveryEvent]]
+) -> JSONResponse:
+    """Read the body (bounded), run ``check`` on it (verify, then parse), then store and act on
+    its events — in the thread pool: verifying, parsing a large batch and the database are all
+    blocking work."""
+    try:
+        body = await _body(request)
+    except _TooLarge:
+        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
 
     def handle() -> JSONResponse:
         try:
-            events = check()
+            events = check(body)
         except SignatureError as exc:
             return _refused(403, f"{exc} — nothing was recorded")
         except PayloadError as exc:
@@ -80,17 +87,19 @@ async def _accept(web: Context, check: Callable[[], Sequence[DeliveryEvent]]) ->
     return await run_in_threadpool(handle)
 
 
+def _configured(value: str | None, provider: str, setting: str) -> str:
+    """The key a provider's signature is checked with; without it nothing can be verified."""
+    if not value:
+        raise SignatureError(f"{provider}: {setting} is not set, nothing can be verified")
+    return value
+
+
 @router.post("/sendgrid", summary="SendGrid Event Webhook (ECDSA-signed)")
 async def sendgrid_events(request: Request, web: Context) -> JSONResponse:
-    try:
-        body = await _body(request)
-    except _TooLarge:
-        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
-
-    def check() -> Sequence[DeliveryEvent]:
-        text = web.settings.sendgrid_webhook_public_key
-        if not text:
-            raise SignatureError("sendgrid: SENDGRID_WEBHOOK_PUBLIC_KEY is not set, nothing can be verified")
+    def check(body: bytes) -> Sequence[DeliveryEvent]:
+        text = _configured(
+            web.settings.sendgrid_webhook_public_key, "sendgrid", "SENDGRID_WEBHOOK_PUBLIC_KEY"
+        )
         try:
             key = _sendgrid_key(text)
         except ValueError as exc:
@@ -104,40 +113,28 @@ async def sendgrid_events(request: Request, web: Context) -> JSONResponse:
         )
         return sendgrid.parse(body)
 
-    return await _accept(web, check)
+    return await _accept(request, web, check)
 
 
 @router.post("/twilio", summary="Twilio message status callbacks (X-Twilio-Signature)")
 async def twilio_status(request: Request, web: Context) -> JSONResponse:
-    try:
-        body = await _body(request)
-    except _TooLarge:
-        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
-
-    def check() -> Sequence[DeliveryEvent]:
-        token = reveal(web.settings.twilio_auth_token)
-        if not token:
-            raise SignatureError("twilio: TWILIO_AUTH_TOKEN is not set, nothing can be verified")
+    def check(body: bytes) -> Sequence[DeliveryEvent]:
+        token = _configured(reveal(web.settings.twilio_auth_token), "twilio", "TWILIO_AUTH_TOKEN")
         params = twilio.read_form(body)
         # the URL Twilio was told to call, else the one the request came to
         urls = [web.settings.twilio_status_callback or "", str(request.url)]
         twilio.verify(token, urls, params, request.headers.get(twilio.SIGNATURE_HEADER))
         return twilio.parse(params)
 
-    return await _accept(web, check)
+    return await _accept(request, web, check)
 
 
 @router.post("/printapi", summary="Print-and-mail letter tracking events (Lob-Signature)")
 async def printapi_events(request: Request, web: Context) -> JSONResponse:
-    try:
-        body = await _body(request)
-    except _TooLarge:
-        return _refused(413, f"the body is larger than {MAX_BODY} bytes — nothing was recorded")
-
-    def check() -> Sequence[DeliveryEvent]:
-        secret = reveal(web.settings.printapi_webhook_secret)
-        if not secret:
-            raise SignatureError("printapi: PRINTAPI_WEBHOOK_SECRET is not set, nothing can be verified")
+    def check(body: bytes) -> Sequence[DeliveryEvent]:
+        secret = _configured(
+            reveal(web.settings.printapi_webhook_secret), "printapi", "PRINTAPI_WEBHOOK_SECRET"
+        )
         printapi.verify(
             secret,
             body,
@@ -147,4 +144,4 @@ async def printapi_events(request: Request, web: Context) -> JSONResponse:
         )
         return printapi.parse(body)
 
-    return await _accept(web, check)
+    return await _accept(request, web, check)
