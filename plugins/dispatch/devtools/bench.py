@@ -676,7 +676,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def target_rows(
-    point: ScalePoint,
+    point: ScalePoint | None,
     double: ScalePoint | None,
     emails: DispatchPoint | None,
     letters: DispatchPoint | None,
@@ -689,15 +689,15 @@ def target_rows(
         verdict = "n/a" if ok is None else ("yes" if ok else "NO")
         rows.append([what, fig, ref, "n/a" if ratio is None else f"{ratio:.2f}x", target, verdict])
 
-    n = point.invoices
     data_stages = ("extract", "tag", "resolve templates", "compute due", "write back")
-    if point.first:
+    n = point.invoices if point else 0
+    if point and point.first:
         first_s = point.first.seconds
         limit_s = point.limit.seconds if point.limit else None
         r = _ratio(first_s, limit_s)
         add(f"first run, {n:,} invoices", f"{first_s:.1f} s", "n/a" if limit_s is None else
             f"COPY limit {limit_s:.1f} s", r, "<= 5x", None if r is None else r <= 5)  # fmt: skip
-    if point.incremental and point.no_history:
+    if point and point.incremental and point.no_history:
         inc, alone = point.incremental.seconds, point.no_history.seconds
         r = _ratio(inc, alone)
         add(f"incremental day, {point.new:,} new over {n:,}", f"{inc:.2f} s",
@@ -707,11 +707,11 @@ def target_rows(
         r = _ratio(stages_inc, stages_alone)
         add("  of which tag .. write back (not extract)", f"{stages_inc:.2f} s", f"{stages_alone:.2f} s", r,
             "<= 1.5x", r is not None and r <= 1.5)  # fmt: skip
-    if point.first:
+    if point and point.first:
         rss = point.peak_rss
         add(f"peak RSS of the run at {n:,}", f"{rss / MIB:,.0f} MiB", "1 GiB", rss / GIB, "<= 1 GiB",
             rss <= GIB)  # fmt: skip
-    if double and double.first and point.first:
+    if point and double and double.first and point.first:
         r = _ratio(double.peak_rss, point.peak_rss)
         add(f"peak RSS at {double.invoices:,} vs {n:,}", f"{double.peak_rss / MIB:,.0f} MiB",
             f"{point.peak_rss / MIB:,.0f} MiB", r, "<= 1.10x", r is not None and r <= 1.10)  # fmt: skip
@@ -774,6 +774,17 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+PARTS = ("scale", "dispatch", "sendgrid")
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(PARTS)}, got {text!r}")
+    return parts
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dispatch.devtools.bench", description=__doc__.split("\n\n")[0]
@@ -800,6 +811,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--first-day", type=dt.date.fromisoformat, default=DEFAULT_FIRST_DAY,
                    help=f"weekday of the first run, at 05:00 UTC (default {DEFAULT_FIRST_DAY})")  # fmt: skip
+    p.add_argument(
+        "--only",
+        type=_parts,
+        default=PARTS,
+        help="measure only these parts, comma-separated: scale (first run, COPY limit, incremental "
+        "day, 2N), dispatch (outbox e-mails and letters), sendgrid (default: all)",
+    )
     p.add_argument("--child-run", help=argparse.SUPPRESS)
     return p
 
@@ -828,25 +846,35 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     started = time.perf_counter()
     common = {"first_day": args.first_day, "workdir": workdir, "pg_admin": pg_admin, "say": say}
-    say("SendGrid figures …")
-    sendgrid = measure_sendgrid(args.sendgrid_messages, DEFAULT_SEND_CONCURRENCY, 0.05)
+    sendgrid = None
+    if "sendgrid" in args.only:
+        say("SendGrid figures …")
+        sendgrid = measure_sendgrid(args.sendgrid_messages, DEFAULT_SEND_CONCURRENCY, 0.05)
     for backend in backends:
-        point = scale_point(backend, args.invoices, new=new, full=True, **common)
-        double = scale_point(backend, 2 * args.invoices, new=new, full=False, **common)
-        emails = dispatch_point(backend, "email", args.dispatch_messages, **common)
-        letters = dispatch_point(backend, "letter", args.letters, **common) if args.letters else None
+        point: ScalePoint | None = None
+        double: ScalePoint | None = None
+        emails: DispatchPoint | None = None
+        letters: DispatchPoint | None = None
+        if "scale" in args.only:
+            point = scale_point(backend, args.invoices, new=new, full=True, **common)
+            double = scale_point(backend, 2 * args.invoices, new=new, full=False, **common)
+        if "dispatch" in args.only:
+            emails = dispatch_point(backend, "email", args.dispatch_messages, **common)
+            letters = dispatch_point(backend, "letter", args.letters, **common) if args.letters else None
         print()
-        for run in (point.first, point.incremental, point.no_history, double.first):
+        runs = (point.first, point.incremental, point.no_history, double.first) if point and double else ()
+        for run in runs:
             if run is not None:
                 print(format_run(run), end="\n\n")
-        if point.limit:
+        if point and point.limit:
             print(f"COPY limit of the first run's {point.limit.rows:,} rows: {point.limit.out_seconds:.2f} s "
                   f"out of the source + {point.limit.in_seconds:.2f} s into three logged tables "
                   f"with a primary key = {point.limit.seconds:.2f} s\n")  # fmt: skip
         print(format_targets(backend, target_rows(point, double, emails, letters, sendgrid)))
-        print(cost_per_million(point))
-        if not args.no_chart:
-            measured = {point.invoices: point, double.invoices: double}
+        if point:
+            print(cost_per_million(point))
+        if point and double and not args.no_chart:
+            measured: dict[int, ScalePoint] = {point.invoices: point, double.invoices: double}
             for n in args.chart:
                 if n not in measured:
                     measured[n] = scale_point(backend, n, new=new, full=False, **common)
