@@ -301,7 +301,9 @@ class KillCampaign:
     def refill(self) -> None:
         if count(self.w, "status IN ('scheduled', 'sending')") + self._unimported() >= self.refill_below:
             return
-        updated = self.at - dt.timedelta(hours=3) + dt.timedelta(minutes=self._waves)
+        # inside the extract's one-hour look-back before the as-of (what a run at the same
+        # instant reads again), and before it: a wave stamped earlier is never read
+        updated = self.at - dt.timedelta(minutes=30) + dt.timedelta(seconds=self._waves)
         self.invoice_ids += add_invoices(
             self.w, self.wave, issued=self.at.date(), updated=updated, prefix=f"w{self._waves:02d}_"
         )

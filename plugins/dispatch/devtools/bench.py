@@ -805,7 +805,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chart", action="store_true", help="skip the chart and its sizes")
     p.add_argument("--dispatch-messages", type=int, default=2000, help="e-mails of the dispatch figure")
     p.add_argument("--letters", type=int, default=200, help="letters of the dispatch figure")
-    p.add_argument("--sendgrid-messages", type=int, default=600, help="e-mails of the SendGrid figures")
+    p.add_argument("--sendgrid-messages", type=int, default=3000, help="e-mails of the SendGrid figures")
     p.add_argument(
         "--workdir", default="var/bench", help="SQLite files, outboxes and the chart (default var/bench)"
     )
