@@ -23,6 +23,7 @@ SendGrid accepted exactly N mails and refused none.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -41,7 +42,16 @@ from dispatch.channels.sendgrid import SendGridApi, SendGridChannel
 from dispatch.paths import repo_root
 
 if TYPE_CHECKING:  # the local SendGrid lives with the tests (imported when the benchmark runs)
-    from tests.fakes.sendgrid_server import FakeSendGrid
+    from tests.fakes.sendgrid_server import SendGridProcess
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the channel's window of requests in flight did during one figure."""
+
+    peak: int  # the largest number of requests it allowed in flight
+    end: int  # what it allowed when the last message was answered
+    mean_rtt: float  # seconds, every request's round trip as the channel measured it
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class Figure:
     in_flight: int
     messages: int
     seconds: float
+    window: Window | None = None
+    server_cpu: float | None = None  # CPU seconds of the server process
 
     @property
     def per_second(self) -> float:
@@ -77,28 +89,36 @@ def invoice_messages(n: int, pdf: bytes) -> list[OutgoingMessage]:
     ]
 
 
-def timed(label: str, in_flight: int, messages: Sequence[OutgoingMessage], send: Callable[[], int]) -> Figure:
+#: What a send returns: how many SendGrid accepted, and what the window did (None: no window).
+Sent = tuple[int, Window | None]
+
+
+def timed(
+    label: str, in_flight: int, messages: Sequence[OutgoingMessage], send: Callable[[], Sent]
+) -> Figure:
     started = time.perf_counter()
-    accepted = send()
+    accepted, window = send()
     seconds = time.perf_counter() - started
     if accepted != len(messages):
         raise SystemExit(f"{label}: SendGrid accepted {accepted} of {len(messages)} messages")
-    return Figure(label, in_flight, len(messages), seconds)
+    return Figure(label, in_flight, len(messages), seconds, window)
 
 
 def through_channel(
-    server: FakeSendGrid, messages: Sequence[OutgoingMessage], in_flight: int, keep_alive: bool
-) -> int:
+    server: SendGridProcess, messages: Sequence[OutgoingMessage], in_flight: int, keep_alive: bool
+) -> Sent:
     api = SendGridApi(server.api_key, server.url, max_connections=in_flight, keep_alive=keep_alive)
     channel = SendGridChannel(api, max_in_flight=in_flight)
     try:
         results = channel.send_many(messages)
+        window = channel.window
+        seen = Window(window.peak, window.limit, window.rtt_total / max(1, window.answers))
     finally:
         channel.close()
-    return sum(isinstance(r, SendResult) for r in results)
+    return sum(isinstance(r, SendResult) for r in results), seen
 
 
-def through_airflow_provider(server: FakeSendGrid, messages: Sequence[OutgoingMessage]) -> int:
+def through_airflow_provider(server: SendGridProcess, messages: Sequence[OutgoingMessage]) -> Sent:
     """The Airflow SendGrid provider's ``send_email``, once per message, as a DAG would loop.
 
     Its client is built per call with SendGrid's default host; only that host is pointed at
@@ -132,21 +152,29 @@ def through_airflow_provider(server: FakeSendGrid, messages: Sequence[OutgoingMe
             )
     finally:
         emailer.sendgrid.SendGridAPIClient = real
-    return len(messages)
+    return len(messages), None
 
 
 def _serve(
-    label: str, in_flight: int, messages: Sequence[OutgoingMessage], latency: float, send: Callable
+    label: str,
+    in_flight: int,
+    messages: Sequence[OutgoingMessage],
+    latency: float,
+    send: Callable[[SendGridProcess], Sent],
 ) -> Figure:
-    from tests.fakes.sendgrid_server import FakeSendGrid
+    """One figure against a fresh local SendGrid in a process of its own (every figure the
+    same way, so the 0 ms reference and the others pay the same server)."""
+    from tests.fakes.sendgrid_server import SendGridProcess
 
-    with FakeSendGrid(latency=latency) as server:
+    with SendGridProcess(latency=latency) as server:
         figure = timed(label, in_flight, messages, lambda: send(server))
-        if server.invalid or len(server.mails) != len(messages):
-            raise SystemExit(
-                f"{label}: {len(server.invalid)} refused, {len(server.mails)} accepted of {len(messages)}"
-            )
-    return figure
+    served = server.stop()
+    if served.invalid or served.errors or served.accepted != len(messages):
+        raise SystemExit(
+            f"{label}: {served.invalid} refused, {served.accepted} accepted of {len(messages)} "
+            f"({'; '.join(served.problems + served.errors)})"
+        )
+    return dataclasses.replace(figure, server_cpu=served.cpu_seconds)
 
 
 @dataclass(frozen=True)
@@ -191,13 +219,18 @@ def report(fig: SendGridFigures) -> str:
     lines = [
         f"E-mail throughput, one worker, local SendGrid ({fig.latency * 1000:.0f} ms latency where said)",
         "",
-        "| how | in flight (bound) | messages | seconds | messages/s |",
-        "|---|---:|---:|---:|---:|",
+        "| how | in flight (bound) | window peak / end | mean round trip | messages | seconds "
+        "| messages/s | server CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {f.label} | {f.in_flight} | {f.messages} | {f.seconds:.2f} | {f.per_second:.1f} |"
-        for f in (fig.at_zero, fig.at_latency, fig.airflow)
-    ]
+    for f in (fig.at_zero, fig.at_latency, fig.airflow):
+        window = f"{f.window.peak} / {f.window.end}" if f.window else ""
+        rtt = f"{f.window.mean_rtt * 1000:.1f} ms" if f.window else ""
+        cpu = f"{f.server_cpu:.2f} s" if f.server_cpu is not None else ""
+        lines.append(
+            f"| {f.label} | {f.in_flight} | {window} | {rtt} | {f.messages} | {f.seconds:.2f} "
+            f"| {f.per_second:.1f} | {cpu} |"
+        )
     lines += [
         "",
         f"at {fig.latency * 1000:.0f} ms / at 0 ms: {fig.latency_ratio:.2f}x; "
