@@ -561,3 +561,38 @@ def test_pipeline_401_fails_the_batch_and_changes_no_action(
     assert {w.action(i)["status"] for i in ("i1", "i2", "i3")} == {"sent"}
     assert {w.action(i)["attempts"] for i in ("i1", "i2", "i3")} == {1}
     assert len(server.mails) == 3
+
+
+# --- connections and the local SendGrid of the benchmarks -----------------------------------
+
+
+def test_each_sending_thread_reuses_one_connection_of_its_own(server: FakeSendGrid) -> None:
+    channel = channel_for(server, max_in_flight=4)
+    results = channel.send_many([message(f"act_{n}") for n in range(24)])
+
+    assert all(isinstance(r, SendResult) for r in results)
+    clients = list(channel.api._clients._clients)
+    assert 1 <= len(clients) <= 4  # one per sending thread, never more than the bound
+    channel.close()
+    assert all(c.is_closed for c in clients)
+
+
+def test_the_local_sendgrid_in_its_own_process_still_refuses_what_sendgrid_refuses() -> None:
+    import httpx
+
+    from tests.fakes.sendgrid_server import SendGridProcess
+
+    with SendGridProcess(latency=0.01) as served:
+        api = SendGridApi(served.api_key, served.url)
+        channel = SendGridChannel(api, sleep=no_wait)
+        [sent] = channel.send_many([message(deliver_at=dt.datetime.now(dt.UTC))])
+        channel.close()
+        refused = httpx.post(
+            f"{served.url}/v3/mail/send",
+            json={"personalizations": [{"to": [{"email": "a@b.example"}]}], "from": {"email": "c@d.example"}},
+            headers={"Authorization": f"Bearer {served.api_key}"},
+        )
+    summary = served.stop()
+
+    assert isinstance(sent, SendResult) and refused.status_code == 400
+    assert (summary.requests, summary.accepted, summary.invalid, summary.errors) == (2, 1, 1, [])

@@ -13,14 +13,21 @@ Point the real SDK at it::
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
+import json
+import os
 import re
+import resource
 import secrets
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import IO, Any, ClassVar, Self
 
 from tests.fakes import FakeHTTPProvider, Problem, RecordedRequest, Refused, Reply
 from tests.fakes.openapi import Operation
@@ -370,3 +377,118 @@ def _email_filter(text: str | None) -> re.Pattern[str] | None:
     return re.compile(
         "".join(".*" if part == "%" else re.escape(part) for part in re.split("(%)", text)), re.I
     )
+
+
+# --- in a process of its own (benchmarks) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedSummary:
+    """What a :class:`SendGridProcess` did, read when it stops."""
+
+    requests: int
+    accepted: int
+    invalid: int
+    problems: list[str]
+    errors: list[str]
+    cpu_seconds: float  # the server process's own CPU (user + system)
+
+
+class SendGridProcess:
+    """The local SendGrid served by another Python process, as the real API would be.
+
+    Why: in the client's process the fake's work (HTTP parsing, the request-schema check of
+    every mail) shares the client's interpreter and GIL, so a throughput figure measures both
+    and the round trip includes the server's queue for the GIL. Here the server has its own
+    interpreter; it still validates every request. ``latency`` is waited per request in the
+    request's own thread (one per connection), so it never holds back other requests.
+
+    ``url`` and ``api_key`` as :class:`FakeSendGrid`; :meth:`stop` returns the summary.
+    """
+
+    def __init__(self, *, latency: float = 0.0, api_key: str = "SG.fake-key.for-tests") -> None:
+        self.latency = latency
+        self.api_key = api_key
+        self.url = ""
+        self.summary: ServedSummary | None = None
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> Self:
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+        command = [sys.executable, "-m", "tests.fakes.sendgrid_server", "--latency", str(self.latency)]
+        self._process = subprocess.Popen(
+            [*command, "--api-key", self.api_key],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=root,
+            env=env,
+            text=True,
+        )
+        line = _stream(self._process.stdout).readline()
+        if not line:
+            self._process.wait(timeout=10)
+            raise RuntimeError(f"the SendGrid process ended before serving (exit {self._process.returncode})")
+        self.url = json.loads(line)["url"]
+        return self
+
+    def stop(self) -> ServedSummary:
+        """Stop serving (closing its stdin) and read what it served."""
+        if self.summary is not None:
+            return self.summary
+        process, self._process = self._process, None
+        if process is None:
+            raise RuntimeError("the SendGrid process is not started")
+        _stream(process.stdin).close()
+        line = _stream(process.stdout).readline()
+        process.wait(timeout=30)
+        if not line:
+            raise RuntimeError(f"the SendGrid process ended without a summary (exit {process.returncode})")
+        self.summary = ServedSummary(**json.loads(line))
+        return self.summary
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            try:
+                self.stop()
+            finally:
+                if self._process is not None and self._process.poll() is None:
+                    self._process.kill()
+
+
+def _stream(pipe: IO[str] | None) -> IO[str]:
+    if pipe is None:
+        raise RuntimeError("the SendGrid process has no pipe")
+    return pipe
+
+
+def serve(argv: Sequence[str] | None = None) -> None:
+    """The child of :class:`SendGridProcess`: print the URL, serve until stdin closes, then
+    print the summary (one JSON line each)."""
+    parser = argparse.ArgumentParser(description="the local SendGrid, until stdin closes")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--api-key", default="SG.fake-key.for-tests")
+    args = parser.parse_args(argv)
+    server = FakeSendGrid(api_key=args.api_key, latency=args.latency).start()
+    print(json.dumps({"url": server.url}), flush=True)
+    sys.stdin.read()
+    server.stop()
+    invalid = server.invalid
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary = {
+        "requests": len(server.requests),
+        "accepted": len(server.mails),
+        "invalid": len(invalid),
+        "problems": [str(p) for r in invalid[:3] for p in r.problems],
+        "errors": [repr(e) for e in server.errors[:3]],
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    serve()

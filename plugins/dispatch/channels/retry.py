@@ -21,12 +21,13 @@
 from __future__ import annotations
 
 import math
+import queue
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -127,6 +128,10 @@ class InFlightWindow:
         self._rtt_sum = 0.0
         self._stale = 0  # answers still to come from requests started under an older window
         self._cond = threading.Condition()
+        #: what the window did, for benchmarks: its largest limit, and every answer's round trip
+        self.peak = self.limit
+        self.answers = 0
+        self.rtt_total = 0.0
 
     def acquire(self) -> None:
         """Wait for a free slot."""
@@ -139,6 +144,9 @@ class InFlightWindow:
         """A request finished after ``rtt`` seconds: answered, or pushed back by the provider."""
         with self._cond:
             self.in_flight -= 1
+            if rtt is not None:
+                self.answers += 1
+                self.rtt_total += rtt
             if pushed_back:
                 self.limit = max(1, self.limit // 2)
                 self.slow_start = False
@@ -153,6 +161,7 @@ class InFlightWindow:
                 self._rtt_sum += rtt
                 if self._answered >= self.limit:
                     self._adapt(self._rtt_sum / self._answered)
+            self.peak = max(self.peak, self.limit)
             free = self.limit - self.in_flight
             if free > 0:
                 self._cond.notify(free)
@@ -233,6 +242,10 @@ class ConcurrentSender:
         """
         stop = threading.Event()
         running: dict[Future[SendResult | ChannelError | None], OutgoingMessage] = {}
+        # Finished requests come back through a queue, one put per completion: waiting with
+        # concurrent.futures.wait(FIRST_COMPLETED) instead installs and removes a waiter on
+        # every running future at each completion, O(in flight) per answer.
+        finished: queue.SimpleQueue[Future[SendResult | ChannelError | None]] = queue.SimpleQueue()
         queued: deque[OutgoingMessage] = deque()
         exhausted = False
         fatal: FatalChannelError | None = None
@@ -254,10 +267,14 @@ class ConcurrentSender:
                 if len(running) >= limit:
                     break
                 message = queued.popleft()
-                running[pool.submit(self._one, message, stop)] = message
+                future = pool.submit(self._one, message, stop)
+                running[future] = message
+                future.add_done_callback(finished.put)
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done = [finished.get()]
+            while not finished.empty():  # every other answer already in: one refill for all
+                done.append(finished.get_nowait())
             for future in done:
                 message = running.pop(future)
                 error = future.exception()

@@ -6,10 +6,11 @@ activity and bounce data lead back to the action), the category ``invoice``, and
 when the delivery time is still ahead (SendGrid holds a message up to 72 hours).
 
 The body is built with the ``sendgrid`` SDK's Mail helpers, but the request goes out through
-one shared ``httpx.Client`` rather than the SDK's transport, for two reasons:
+``httpx`` (one kept-alive client per sending thread, ``provider_http.ClientPerThread``) rather
+than the SDK's transport, for two reasons:
 
-* the SDK (python_http_client) opens a new urllib connection for every request; a shared
-  client keeps connections alive, which saves a TCP + TLS handshake per message against the
+* the SDK (python_http_client) opens a new urllib connection for every request; httpx
+  keeps connections alive, which saves a TCP + TLS handshake per message against the
   real API (see ``dispatch.devtools.bench_email`` for the measured difference on a local server);
 * httpx tells *where* a request failed — before anything was sent (``ConnectError``), while
   sending (``WriteError``) or after sending, waiting for the answer (``ReadTimeout``,
@@ -69,8 +70,13 @@ from dispatch.channels.base import (
     TransientError,
 )
 from dispatch.channels.formats.mime import email_safe
-from dispatch.channels.provider_http import error_for_status, is_name_resolution_failure, retry_after_seconds
-from dispatch.channels.retry import ConcurrentSender, RetryPolicy
+from dispatch.channels.provider_http import (
+    ClientPerThread,
+    error_for_status,
+    is_name_resolution_failure,
+    retry_after_seconds,
+)
+from dispatch.channels.retry import ConcurrentSender, InFlightWindow, RetryPolicy
 from dispatch.config.settings import Settings, reveal
 from dispatch.errors import DispatchError
 from dispatch.vocabulary import ChannelName
@@ -158,7 +164,8 @@ def status_error(response: httpx.Response, now: dt.datetime) -> ChannelError:
 
 
 class SendGridApi:
-    """SendGrid's v3 API over one kept-alive, thread-safe ``httpx.Client`` (mail and suppressions).
+    """SendGrid's v3 API over kept-alive ``httpx`` connections, one per sending thread (mail and
+    suppressions); thread-safe.
 
     Every failure comes out as a typed :class:`ChannelError`; the API key only ever travels in
     the ``Authorization`` header, never in a message or a ``repr``.
@@ -184,14 +191,17 @@ class SendGridApi:
             raise DispatchError(f"SENDGRID_API_HOST={host!r}: expected an http:// or https:// URL")
         self.host = host
         self._clock = clock
-        self._client = httpx.Client(
-            base_url=host,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "invoice-dispatch"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections if keep_alive else 0,
-            ),
+        self.max_connections = max(1, max_connections)
+        headers = {"Authorization": f"Bearer {api_key}", "User-Agent": "invoice-dispatch"}
+        client_timeout = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        # One connection per sending thread (ClientPerThread says why); the threads are at most
+        # max_connections, the bound of requests in flight.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1 if keep_alive else 0)
+        ssl_context = httpx.create_ssl_context()
+        self._clients = ClientPerThread(
+            lambda: httpx.Client(
+                base_url=host, headers=headers, timeout=client_timeout, limits=limits, verify=ssl_context
+            )
         )
 
     def __repr__(self) -> str:
@@ -205,7 +215,7 @@ class SendGridApi:
     ) -> httpx.Response:
         """One request; a 2xx response, or the typed error of what went wrong."""
         try:
-            response = self._client.request(method, path, json=json, params=params)
+            response = self._clients.get().request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.host) from exc
         except Exception as exc:  # whatever it was, the request may have gone out
@@ -215,7 +225,7 @@ class SendGridApi:
         raise status_error(response, self.now())
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
 
 # --- the message ------------------------------------------------------------------------------
@@ -387,6 +397,11 @@ class SendGridChannel:
 
     def max_schedule_ahead(self) -> dt.timedelta | None:
         return MAX_SCHEDULE_AHEAD
+
+    @property
+    def window(self) -> InFlightWindow:
+        """The requests in flight allowed now, as adapted so far (what benchmarks report)."""
+        return self._sender.window
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | ChannelError]:
         """Every message, up to ``max_in_flight`` at a time over kept-alive connections, each
