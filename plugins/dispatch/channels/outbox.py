@@ -33,7 +33,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
-from dispatch.channels.formats.mime import build_email, deliver_at_iso, parse_deliver_at
+from dispatch.channels.formats.mime import deliver_at_iso, email_bytes, parse_deliver_at
 from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,10 @@ class OutboxChannel:
 
 
 def _render_email(message: OutgoingMessage, default_sender: str | None) -> bytes:
+    """What :func:`~dispatch.channels.formats.mime.build_email` makes of ``message``, as bytes
+    (written directly when its headers are plain: :func:`~dispatch.channels.formats.mime.email_bytes`)."""
     try:
-        return build_email(message, default_sender=default_sender).as_bytes()
+        return email_bytes(message, default_sender=default_sender)
     except UnicodeError as exc:  # a value the non-SMTPUTF8 policy cannot encode
         raise ValueError(str(exc)) from exc
 
