@@ -9,6 +9,7 @@ default wording sits in one directory per language, English being the fallback.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -35,12 +36,20 @@ EMAIL_LAYOUT = "layout/email.html.j2"
 def templates_dirs() -> tuple[Path, ...]:
     """Where templates are looked up: ``$DISPATCH_TEMPLATES_DIR`` first (when set), then the
     repository's ``include/templates``, so an override directory may hold only the files it
-    changes and still find the defaults."""
+    changes and still find the defaults.
+
+    Read for every message (twice per e-mail), so the resolved directories are cached per
+    value of the variable: a changed ``$DISPATCH_TEMPLATES_DIR`` is picked up at once, and
+    the files themselves are never cached here (Jinja reloads a changed file, and
+    :func:`locate` checks each name on the disk)."""
+    return _resolved_dirs(os.environ.get(TEMPLATES_DIR_ENV, "").strip())
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved_dirs(override: str) -> tuple[Path, ...]:
     dirs: list[Path] = []
-    override = os.environ.get(TEMPLATES_DIR_ENV, "").strip()
     if override:
-        path = Path(override)
-        dirs.append(resolve(path).resolve())
+        dirs.append(resolve(Path(override)).resolve())
     builtin = resolve(TEMPLATES_DIR).resolve()
     if builtin not in dirs:
         dirs.append(builtin)
