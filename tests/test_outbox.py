@@ -25,7 +25,7 @@ from dispatch.channels import (
 from dispatch.channels.factory import capabilities
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.formats.mime import build_email
-from dispatch.channels.outbox import OutboxChannel
+from dispatch.channels.outbox import OutboxChannel, write_all
 from dispatch.rules.scheduling import classify_due
 from pypdf import PdfReader
 
@@ -408,3 +408,64 @@ def test_write_failure_is_transient_and_leaves_nothing(
     assert result.reason == "provider_error"
     assert files_in(tmp_path / "sms") == ["act_ok.json"]
     assert outbox.was_handed_over("act_full") is False
+
+
+# --- a chunk written at once (issue 8): fsynced together, each file still whole or absent ----
+
+
+def test_write_all_writes_each_file_once_and_reports_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "taken").write_bytes(b"first")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        if os.fstat(fd).st_size == len(b"no room"):
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    results = write_all(
+        [
+            (tmp_path / "a", b"alpha"),
+            (tmp_path / "taken", b"second"),
+            (tmp_path / "full", b"no room"),
+            (tmp_path / "missing-dir" / "x", b"x"),
+            (tmp_path / "b", b"beta"),
+        ]
+    )
+
+    assert results[:3] == [True, False, results[2]] and isinstance(results[2], OSError)
+    assert isinstance(results[3], OSError) and results[4] is True
+    assert len(synced) == 4  # every file opened was fsynced before any link
+    assert (tmp_path / "a").read_bytes() == b"alpha" and (tmp_path / "b").read_bytes() == b"beta"
+    assert (tmp_path / "taken").read_bytes() == b"first"  # never replaced
+    assert not (tmp_path / "full").exists()  # a file whose fsync failed never gets its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "taken"]  # no temporary file left
+
+
+def test_no_file_is_linked_before_every_file_of_the_chunk_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "link", lambda src, dst: (order.append("link"), real_link(src, dst))[1])
+    outbox = OutboxChannel(tmp_path, "email")
+    results = outbox.send_many([email_message(f"act_{i}") for i in range(5)])
+    assert all(isinstance(r, SendResult) for r in results)
+    file_steps = [step for step in order if step in ("fsync", "link")]
+    # the directory probe links first; then five fsyncs, five links, the directory's fsync
+    assert file_steps[-11:] == ["fsync"] * 5 + ["link"] * 5 + ["fsync"]
+
+
+def test_the_same_action_twice_in_one_chunk_is_one_file(tmp_path: Path) -> None:
+    outbox = OutboxChannel(tmp_path, "email")
+    first, second = outbox.send_many(
+        [email_message("act_twice"), email_message("act_twice", subject="Other")]
+    )
+    assert isinstance(first, SendResult) and isinstance(second, SendResult)
+    assert files_in(tmp_path / "email") == ["act_twice.eml"]
+    assert b"Other" not in (tmp_path / "email" / "act_twice.eml").read_bytes()
