@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -141,8 +142,7 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> list[bool | OSError]:
             except OSError as exc:
                 results[i] = exc
         to_sync = [i for i in fds if not isinstance(results[i], OSError)]
-        with ThreadPoolExecutor(max_workers=max(1, min(FSYNC_CONCURRENCY, len(to_sync)))) as pool:
-            synced = list(pool.map(_fsync_or_error, [fds[i] for i in to_sync]))
+        synced = list(_fsync_pool().map(_fsync_or_error, [fds[i] for i in to_sync]))
         for i, error in zip(to_sync, synced, strict=True):
             if error is not None:
                 results[i] = error
@@ -173,6 +173,12 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> list[bool | OSError]:
             if leftover is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
+
+
+@functools.cache
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync (idle between chunks; started once per process, not per chunk)."""
+    return ThreadPoolExecutor(max_workers=FSYNC_CONCURRENCY, thread_name_prefix="outbox-fsync")
 
 
 def _fsync_or_error(fd: int) -> OSError | None:

@@ -75,12 +75,37 @@ def locate(name: str, dirs: tuple[Path, ...]) -> Path | None:
     for base in dirs:
         candidate = base / name
         if candidate.is_file():
-            if candidate.resolve().is_relative_to(base.resolve()):
+            if _inside(candidate, base):
                 return candidate
             raise TemplateError(
                 f"template file {name!r}: resolves outside the templates directory", part=name
             )
     return None
+
+
+def _inside(candidate: Path, base: Path) -> bool:
+    """Whether ``candidate`` (``base`` / a name without ``..``) resolves inside ``base``.
+
+    Looked up for every message (the e-mail layout), so the common case costs one ``lstat``
+    per component of the name: when ``base`` is its own real path and no component below it
+    is a symlink, the real path of the candidate is ``base`` / name, inside ``base``. Any
+    symlink takes the full resolution."""
+    real_base = _real(base)
+    if real_base == base and not any(
+        os.path.islink(part) for part in (candidate, *candidate.parents[: _depth(candidate, base)])
+    ):
+        return True
+    return candidate.resolve().is_relative_to(real_base)
+
+
+def _depth(candidate: Path, base: Path) -> int:
+    """How many directories lie between ``base`` and ``candidate`` (0: directly in ``base``)."""
+    return len(candidate.relative_to(base).parts) - 1
+
+
+@functools.lru_cache(maxsize=32)
+def _real(base: Path) -> Path:
+    return base.resolve()
 
 
 def load(env: jinja2.Environment, name: str, dirs: tuple[Path, ...]) -> jinja2.Template:
