@@ -7,6 +7,7 @@ import email
 import io
 import json
 import os
+import signal
 import threading
 from email import policy
 from pathlib import Path
@@ -451,8 +452,17 @@ def test_no_file_is_linked_before_every_file_of_the_chunk_is_fsynced(
 ) -> None:
     order: list[str] = []
     real_fsync, real_link = os.fsync, os.link
-    monkeypatch.setattr(os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "link", lambda src, dst: (order.append("link"), real_link(src, dst))[1])
+
+    def fsync(fd: int) -> None:
+        order.append("fsync")
+        real_fsync(fd)
+
+    def link(src: Path, dst: Path) -> None:
+        order.append("link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
     outbox = OutboxChannel(tmp_path, "email")
     results = outbox.send_many([email_message(f"act_{i}") for i in range(5)])
     assert all(isinstance(r, SendResult) for r in results)
@@ -469,3 +479,19 @@ def test_the_same_action_twice_in_one_chunk_is_one_file(tmp_path: Path) -> None:
     assert isinstance(first, SendResult) and isinstance(second, SendResult)
     assert files_in(tmp_path / "email") == ["act_twice.eml"]
     assert b"Other" not in (tmp_path / "email" / "act_twice.eml").read_bytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_forked_process_writes_with_threads_of_its_own(tmp_path: Path) -> None:
+    """A prefork worker forked after the parent wrote a chunk still writes (no inherited pool)."""
+    assert write_all([(tmp_path / "parent", b"p")]) == [True]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it could write, within 20 s
+        signal.alarm(20)
+        try:
+            os._exit(0 if write_all([(tmp_path / "child", b"c")]) == [True] else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "child").read_bytes() == b"c"

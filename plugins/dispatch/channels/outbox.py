@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
@@ -175,10 +175,33 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> list[bool | OSError]:
                     os.unlink(leftover)
 
 
-@functools.cache
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # per process id
+
+
 def _fsync_pool() -> ThreadPoolExecutor:
-    """The threads that fsync (idle between chunks; started once per process, not per chunk)."""
-    return ThreadPoolExecutor(max_workers=FSYNC_CONCURRENCY, thread_name_prefix="outbox-fsync")
+    """The threads that fsync: idle between chunks, started once per process, not per chunk.
+    Keyed by process id: a process forked after using it (a prefork worker) has none of its
+    threads, and would wait forever on a pool it inherited."""
+    pid = os.getpid()
+    with _POOL_LOCK:
+        pool = _POOLS.get(pid)
+        if pool is None:
+            _POOLS.clear()  # an inherited pool's threads are not in this process
+            pool = _POOLS[pid] = ThreadPoolExecutor(
+                max_workers=FSYNC_CONCURRENCY, thread_name_prefix="outbox-fsync"
+            )
+        return pool
+
+
+def _forget_pools_after_fork() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()  # it may have been held by a thread the child does not have
+    _POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _fsync_or_error(fd: int) -> OSError | None:
