@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 from dispatch.channels.base import Attachment, OutgoingMessage
@@ -117,6 +118,9 @@ CASES: dict[str, dict[str, Any]] = {
     "a space in the attachment name": {"attachments": (Attachment("my invoice.pdf", PDF),)},
     "another MIME type": {"attachments": (Attachment("a.txt", b"hello\n", "text/plain"),)},
     "a long action id": {"action_id": "act_" + "a" * 100},
+    "a delivery time in Paris, with microseconds": {
+        "deliver_at": dt.datetime(2026, 3, 29, 3, 30, 1, 123456, tzinfo=ZoneInfo("Europe/Paris"))
+    },
     "controls in the names": {"sender_name": "Du\x00rand\x1b[31m", "subject": "Invoice\x07 1"},
     # refused, by both paths, with the same reason
     "no recipient": {"recipients": ()},
@@ -155,6 +159,7 @@ def test_the_plain_messages_are_written_directly() -> None:
         "a reply-to and two recipients",
         "controls in the names",
         "another MIME type",
+        "a delivery time in Paris, with microseconds",
     ):
         assert is_direct(message(**CASES[name])), name
     for name in (
