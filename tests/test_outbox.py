@@ -7,6 +7,7 @@ import email
 import io
 import json
 import os
+import signal
 import threading
 from email import policy
 from pathlib import Path
@@ -25,7 +26,7 @@ from dispatch.channels import (
 from dispatch.channels.factory import capabilities
 from dispatch.channels.formats.letter_pdf import build_invoice_placeholder_pdf
 from dispatch.channels.formats.mime import build_email
-from dispatch.channels.outbox import OutboxChannel
+from dispatch.channels.outbox import OutboxChannel, write_all
 from dispatch.rules.scheduling import classify_due
 from pypdf import PdfReader
 
@@ -408,3 +409,89 @@ def test_write_failure_is_transient_and_leaves_nothing(
     assert result.reason == "provider_error"
     assert files_in(tmp_path / "sms") == ["act_ok.json"]
     assert outbox.was_handed_over("act_full") is False
+
+
+# --- a chunk written at once (issue 8): fsynced together, each file still whole or absent ----
+
+
+def test_write_all_writes_each_file_once_and_reports_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "taken").write_bytes(b"first")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        if os.fstat(fd).st_size == len(b"no room"):
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    results = write_all(
+        [
+            (tmp_path / "a", b"alpha"),
+            (tmp_path / "taken", b"second"),
+            (tmp_path / "full", b"no room"),
+            (tmp_path / "missing-dir" / "x", b"x"),
+            (tmp_path / "b", b"beta"),
+        ]
+    )
+
+    assert results[:3] == [True, False, results[2]] and isinstance(results[2], OSError)
+    assert isinstance(results[3], OSError) and results[4] is True
+    assert len(synced) == 4  # every file opened was fsynced before any link
+    assert (tmp_path / "a").read_bytes() == b"alpha" and (tmp_path / "b").read_bytes() == b"beta"
+    assert (tmp_path / "taken").read_bytes() == b"first"  # never replaced
+    assert not (tmp_path / "full").exists()  # a file whose fsync failed never gets its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "taken"]  # no temporary file left
+
+
+def test_no_file_is_linked_before_every_file_of_the_chunk_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        order.append("fsync")
+        real_fsync(fd)
+
+    def link(src: Path, dst: Path) -> None:
+        order.append("link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    outbox = OutboxChannel(tmp_path, "email")
+    results = outbox.send_many([email_message(f"act_{i}") for i in range(5)])
+    assert all(isinstance(r, SendResult) for r in results)
+    file_steps = [step for step in order if step in ("fsync", "link")]
+    # the directory probe links first; then five fsyncs, five links, the directory's fsync
+    assert file_steps[-11:] == ["fsync"] * 5 + ["link"] * 5 + ["fsync"]
+
+
+def test_the_same_action_twice_in_one_chunk_is_one_file(tmp_path: Path) -> None:
+    outbox = OutboxChannel(tmp_path, "email")
+    first, second = outbox.send_many(
+        [email_message("act_twice"), email_message("act_twice", subject="Other")]
+    )
+    assert isinstance(first, SendResult) and isinstance(second, SendResult)
+    assert files_in(tmp_path / "email") == ["act_twice.eml"]
+    assert b"Other" not in (tmp_path / "email" / "act_twice.eml").read_bytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_forked_process_writes_with_threads_of_its_own(tmp_path: Path) -> None:
+    """A prefork worker forked after the parent wrote a chunk still writes (no inherited pool)."""
+    assert write_all([(tmp_path / "parent", b"p")]) == [True]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it could write, within 20 s
+        signal.alarm(20)
+        try:
+            os._exit(0 if write_all([(tmp_path / "child", b"c")]) == [True] else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "child").read_bytes() == b"c"

@@ -491,6 +491,27 @@ def test_symlink_leaving_the_templates_directory_is_refused(
         render_message(sms(template_file="leak.txt.j2"), make_context(), "en")
 
 
+def test_a_symlinked_folder_leaving_the_templates_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cheap check of each lookup (no symlink below the directory) still catches a
+    folder of the name that points out, and still lets one that points inside through."""
+    templates = tmp_path / "templates"
+    (templates / "real").mkdir(parents=True)
+    (templates / "real" / "ok.txt.j2").write_text("ok {{ invoice.number }}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.txt.j2").write_text("API_KEY=hunter2")
+    (templates / "mail").symlink_to(outside, target_is_directory=True)
+    (templates / "alias").symlink_to(templates / "real", target_is_directory=True)
+    monkeypatch.setenv("DISPATCH_TEMPLATES_DIR", str(templates))
+
+    with pytest.raises(TemplateError, match="outside"):
+        render_message(sms(template_file="mail/leak.txt.j2"), make_context(), "en")
+    assert "ok" in render_message(sms(template_file="alias/ok.txt.j2"), make_context(), "en").text
+    assert "ok" in render_message(sms(template_file="real/ok.txt.j2"), make_context(), "en").text
+
+
 def test_check_template_file_reports_a_syntax_error_in_the_text_sibling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

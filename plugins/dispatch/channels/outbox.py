@@ -20,7 +20,9 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -33,7 +35,7 @@ from dispatch.channels.base import (
     SendResult,
     TransientError,
 )
-from dispatch.channels.formats.mime import build_email, deliver_at_iso, parse_deliver_at
+from dispatch.channels.formats.mime import deliver_at_iso, email_bytes, parse_deliver_at
 from dispatch.vocabulary import ChannelName
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,117 @@ def write_once(path: Path, content: bytes, *, sync_directory: bool = True) -> bo
             os.unlink(tmp)
 
 
+#: fsyncs in flight at once in :func:`write_all`: the file system commits concurrent fsyncs
+#: together (one journal commit for many files), so a chunk's files are made durable in a
+#: few commits instead of one per file
+FSYNC_CONCURRENCY = 16
+#: bytes :meth:`OutboxChannel.send_many` holds rendered before writing them (a chunk of
+#: letters or e-mails with large PDFs is written in several rounds)
+MAX_PENDING_BYTES = 32 * 1024 * 1024
+
+
+def write_all(items: Sequence[tuple[Path, bytes]]) -> list[bool | OSError]:
+    """:func:`write_once` for many files at once, with the same guarantee for each.
+
+    Every file is written whole to its own temporary file, all of them are fsynced
+    concurrently (``FSYNC_CONCURRENCY`` at a time: the file system groups them into a few
+    commits), and only then is each one whose fsync succeeded linked to its name, unless the
+    name exists. Per item: True if this call wrote it, False if the name already existed,
+    the ``OSError`` if it could not be written (nothing is left under its name then). The
+    directories' fsync is the caller's, once, before saying any was handed over.
+    """
+    if not items:
+        return []
+    results: list[bool | OSError] = [False] * len(items)
+    temps: list[Path | None] = [None] * len(items)
+    fds: dict[int, int] = {}  # item -> open descriptor of its temporary file
+    try:
+        for i, (path, content) in enumerate(items):
+            tmp = path.with_name(f"{_TMP_PREFIX}{path.stem}-{secrets.token_hex(8)}")
+            try:
+                fd = os.open(tmp, _OPEN_FLAGS, 0o644)
+            except OSError as exc:
+                results[i] = exc
+                continue
+            temps[i] = tmp
+            fds[i] = fd
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                results[i] = exc
+        to_sync = [i for i in fds if not isinstance(results[i], OSError)]
+        synced = list(_fsync_pool().map(_fsync_or_error, [fds[i] for i in to_sync]))
+        for i, error in zip(to_sync, synced, strict=True):
+            if error is not None:
+                results[i] = error
+        for i, fd in list(fds.items()):
+            del fds[i]
+            try:
+                os.close(fd)
+            except OSError as exc:
+                if not isinstance(results[i], OSError):
+                    results[i] = exc
+        for i, (path, _content) in enumerate(items):
+            written = temps[i]
+            if written is None or isinstance(results[i], OSError):
+                continue
+            try:
+                os.link(written, path)
+                results[i] = True
+            except FileExistsError:
+                results[i] = False
+            except OSError as exc:
+                results[i] = exc
+        return results
+    finally:
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for leftover in temps:
+            if leftover is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+
+
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # per process id
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync: idle between chunks, started once per process, not per chunk.
+    Keyed by process id: a process forked after using it (a prefork worker) has none of its
+    threads, and would wait forever on a pool it inherited."""
+    pid = os.getpid()
+    with _POOL_LOCK:
+        pool = _POOLS.get(pid)
+        if pool is None:
+            _POOLS.clear()  # an inherited pool's threads are not in this process
+            pool = _POOLS[pid] = ThreadPoolExecutor(
+                max_workers=FSYNC_CONCURRENCY, thread_name_prefix="outbox-fsync"
+            )
+        return pool
+
+
+def _forget_pools_after_fork() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()  # it may have been held by a thread the child does not have
+    _POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+def _fsync_or_error(fd: int) -> OSError | None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
 class OutboxChannel:
     """One outbox directory for one channel; implements :class:`dispatch.channels.base.Channel`."""
 
@@ -135,11 +248,24 @@ class OutboxChannel:
         if not messages:
             return []
         self._prepare_directory()
-        results = [self._send_one(message) for message in messages]
+        results: list[SendResult | ChannelError | None] = [None] * len(messages)
+        pending: list[tuple[int, Path, bytes]] = []
+        pending_bytes = 0
+        for i, message in enumerate(messages):
+            prepared = self._prepare_one(message)
+            if not isinstance(prepared, tuple):
+                results[i] = prepared
+                continue
+            pending.append((i, *prepared))
+            pending_bytes += len(prepared[1])
+            if pending_bytes >= MAX_PENDING_BYTES:
+                self._write_pending(messages, pending, results)
+                pending_bytes = 0
+        self._write_pending(messages, pending, results)
         # One directory fsync for the whole chunk, before any result says "handed over": the
         # names are durable when the outcomes are recorded, at one fsync instead of one per file.
         _fsync_directory(self.directory)
-        return results
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         """Nothing to let go of: every file is closed once written."""
@@ -188,7 +314,9 @@ class OutboxChannel:
                     os.unlink(leftover)
         self._directory_ready = True
 
-    def _send_one(self, message: OutgoingMessage) -> SendResult | ChannelError:
+    def _prepare_one(self, message: OutgoingMessage) -> SendResult | ChannelError | tuple[Path, bytes]:
+        """The message's result if it needs no writing (refused, or handed over before),
+        else its path and the content to write there."""
         if not is_safe_action_id(message.action_id):
             return PermanentError(f"action id {message.action_id!r} cannot name an outbox file")
         path = self.path_for(message.action_id)
@@ -197,7 +325,7 @@ class OutboxChannel:
                 return TransientError(problem)
             return self._existing_result(message.action_id, path)
         try:
-            content = self._render(message)
+            return path, self._render(message)
         except ValueError as exc:
             return PermanentError(f"{self.channel} message refused: {exc}")
         except Exception as exc:
@@ -205,20 +333,32 @@ class OutboxChannel:
             # and lose the results of the messages already written.
             log.exception("outbox could not render action %s", message.action_id)
             return PermanentError(f"{self.channel} message could not be rendered: {exc!r}")
-        try:
-            written = write_once(path, content, sync_directory=False)
-        except OSError as exc:
-            return TransientError(f"cannot write {path}: {exc}")
-        if not written:  # another worker won the race for this action
-            return self._existing_result(message.action_id, path)
-        if problem := self._list_letter(path, content):
-            return TransientError(problem)  # the next try finds the file and lists it
-        return SendResult(
-            action_id=message.action_id,
-            provider=self.provider,
-            provider_message_id=self.provider_message_id(message.action_id),
-            deliver_at=message.deliver_at.astimezone(dt.UTC),
-        )
+
+    def _write_pending(
+        self,
+        messages: Sequence[OutgoingMessage],
+        pending: list[tuple[int, Path, bytes]],
+        results: list[SendResult | ChannelError | None],
+    ) -> None:
+        """Write the rendered files of ``pending`` (:func:`write_all`) and set their results;
+        empties ``pending``."""
+        written = write_all([(path, content) for _i, path, content in pending])
+        for (i, path, content), outcome in zip(pending, written, strict=True):
+            message = messages[i]
+            if isinstance(outcome, OSError):
+                results[i] = TransientError(f"cannot write {path}: {outcome}")
+            elif not outcome:  # another worker (or this very chunk) won the race for this action
+                results[i] = self._existing_result(message.action_id, path)
+            elif problem := self._list_letter(path, content):
+                results[i] = TransientError(problem)  # the next try finds the file and lists it
+            else:
+                results[i] = SendResult(
+                    action_id=message.action_id,
+                    provider=self.provider,
+                    provider_message_id=self.provider_message_id(message.action_id),
+                    deliver_at=message.deliver_at.astimezone(dt.UTC),
+                )
+        pending.clear()
 
     def _list_letter(self, path: Path, content: bytes | None = None) -> str | None:
         """Add a letter to its day's print manifest (:mod:`~dispatch.channels.formats.letter_manifest`);
@@ -270,8 +410,10 @@ class OutboxChannel:
 
 
 def _render_email(message: OutgoingMessage, default_sender: str | None) -> bytes:
+    """What :func:`~dispatch.channels.formats.mime.build_email` makes of ``message``, as bytes
+    (written directly when its headers are plain: :func:`~dispatch.channels.formats.mime.email_bytes`)."""
     try:
-        return build_email(message, default_sender=default_sender).as_bytes()
+        return email_bytes(message, default_sender=default_sender)
     except UnicodeError as exc:  # a value the non-SMTPUTF8 policy cannot encode
         raise ValueError(str(exc)) from exc
 

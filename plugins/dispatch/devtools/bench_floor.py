@@ -7,8 +7,9 @@
 * :func:`email_floor` — the fastest one process can produce the same e-mails with no
   database at all: render the template (Jinja2's sandbox, compiled once), build the MIME
   message with the standard library (the same headers and parts as the outbox's), write the
-  file durably (temporary file, fsync, link, and the directory fsynced once per chunk of
-  messages, as the outbox does — :func:`dispatch.channels.outbox.write_once`).
+  file durably the outbox's way (each chunk of messages to temporary files, fsynced
+  concurrently, linked into place, and the directory fsynced once per chunk —
+  :func:`dispatch.channels.outbox.write_all`).
 * :func:`letter_floor` — the same for letters: the PDF built by
   :func:`dispatch.channels.formats.letter_pdf.letter_for_message`, written durably.
 """
@@ -34,7 +35,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatch.channels.base import OutgoingMessage
 from dispatch.channels.formats.letter_pdf import letter_for_message
-from dispatch.channels.outbox import _fsync_directory, write_once
+from dispatch.channels.outbox import _fsync_directory, write_all
 from dispatch.stages.dispatch_batch import SEND_CHUNK
 from dispatch.storage.engine import make_engine
 
@@ -163,8 +164,9 @@ def email_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     env = ImmutableSandboxedEnvironment(autoescape=False)
     compiled: dict[str, Template] = {}
     rows: list[Any] = list(frame.itertuples(index=False))  # a frame row: its columns are untyped
+    chunk: list[tuple[Path, bytes]] = []
     started = time.perf_counter()
-    for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
+    for r, ctx in zip(rows, contexts, strict=True):
         for source in (r.subject, r.body):
             if source not in compiled:  # each template compiled once, as the pipeline caches them
                 compiled[source] = env.from_string(source)
@@ -182,17 +184,21 @@ def email_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
         msg["X-Invoice-Dispatch-Org"] = r.org_id
         msg.set_content(body)
         msg.add_alternative(f"<p>{escape(body)}</p>", subtype="html")
-        _durably(out_dir, f"{r.action_id}.eml", msg.as_bytes(), i, len(rows))
+        chunk.append((out_dir / f"{r.action_id}.eml", msg.as_bytes()))
+        _durably(out_dir, chunk)
+    _durably(out_dir, chunk, last=True)
     return Floor(len(rows), time.perf_counter() - started)
 
 
-def _durably(folder: Path, name: str, content: bytes, written: int, total: int) -> None:
-    """The outbox's durable write: the file fsynced and linked into place; the directory
-    fsynced once per :data:`dispatch.stages.dispatch_batch.SEND_CHUNK` files (as the outbox does per
-    chunk) and after the last. ``written`` counts the files so far, this one included."""
-    write_once(folder / name, content, sync_directory=False)
-    if written % SEND_CHUNK == 0 or written == total:
+def _durably(folder: Path, chunk: list[tuple[Path, bytes]], *, last: bool = False) -> None:
+    """The outbox's durable write, once ``chunk`` holds :data:`dispatch.stages.dispatch_batch.SEND_CHUNK`
+    files (the outbox's window) or the last ones: the files written, fsynced together and
+    linked into place (:func:`dispatch.channels.outbox.write_all`), then the directory
+    fsynced; the chunk is emptied."""
+    if chunk and (last or len(chunk) >= SEND_CHUNK):
+        write_all(chunk)
         _fsync_directory(folder)
+        chunk.clear()
 
 
 def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
@@ -203,8 +209,9 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
     env = ImmutableSandboxedEnvironment(autoescape=False)
     rows: list[Any] = list(frame.itertuples(index=False))  # a frame row: its columns are untyped
     compiled: dict[str, Template] = {}
+    chunk: list[tuple[Path, bytes]] = []
     started = time.perf_counter()
-    for i, (r, ctx) in enumerate(zip(rows, contexts, strict=True), start=1):
+    for r, ctx in zip(rows, contexts, strict=True):
         if r.body not in compiled:
             compiled[r.body] = env.from_string(r.body)
         body_t = compiled[r.body]
@@ -218,5 +225,7 @@ def letter_floor(frame: pd.DataFrame, out_dir: Path) -> Floor:
             body_text=body_t.render(ctx),
             sender_name=r.org_name,
         )
-        _durably(out_dir, f"{r.action_id}.pdf", letter_for_message(message), i, len(rows))
+        chunk.append((out_dir / f"{r.action_id}.pdf", letter_for_message(message)))
+        _durably(out_dir, chunk)
+    _durably(out_dir, chunk, last=True)
     return Floor(len(rows), time.perf_counter() - started)

@@ -8,6 +8,7 @@ list items and link targets kept); a template written as plain text gets its HTM
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 import re
 from html.parser import HTMLParser
@@ -84,11 +85,16 @@ def looks_like_html(source: str) -> bool:
     return bool(_HTML_TAG.search(source))
 
 
+@functools.lru_cache(maxsize=512)
 def paragraph_source(env: jinja2.Environment, source: str) -> str:
     """Turn a plain-text template into an HTML one: literal text escaped, blank lines into
     paragraphs, single newlines into <br>. Only the literal text between Jinja tags is
     touched (variables stay autoescaped by the environment), and every newline is kept so
-    that line numbers in errors still match the user's source."""
+    that line numbers in errors still match the user's source.
+
+    Cached per environment and source, as compiled sources are: a plan's body is the same
+    for every invoice, and lexing it again for each was a tenth of a message's rendering.
+    A changed template version is a different source, so it is converted anew."""
 
     def newline(match: re.Match[str]) -> str:
         if match.group(1):

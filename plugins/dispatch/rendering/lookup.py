@@ -9,6 +9,7 @@ default wording sits in one directory per language, English being the fallback.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -35,12 +36,20 @@ EMAIL_LAYOUT = "layout/email.html.j2"
 def templates_dirs() -> tuple[Path, ...]:
     """Where templates are looked up: ``$DISPATCH_TEMPLATES_DIR`` first (when set), then the
     repository's ``include/templates``, so an override directory may hold only the files it
-    changes and still find the defaults."""
+    changes and still find the defaults.
+
+    Read for every message (twice per e-mail), so the resolved directories are cached per
+    value of the variable: a changed ``$DISPATCH_TEMPLATES_DIR`` is picked up at once, and
+    the files themselves are never cached here (Jinja reloads a changed file, and
+    :func:`locate` checks each name on the disk)."""
+    return _resolved_dirs(os.environ.get(TEMPLATES_DIR_ENV, "").strip())
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved_dirs(override: str) -> tuple[Path, ...]:
     dirs: list[Path] = []
-    override = os.environ.get(TEMPLATES_DIR_ENV, "").strip()
     if override:
-        path = Path(override)
-        dirs.append(resolve(path).resolve())
+        dirs.append(resolve(Path(override)).resolve())
     builtin = resolve(TEMPLATES_DIR).resolve()
     if builtin not in dirs:
         dirs.append(builtin)
@@ -66,12 +75,37 @@ def locate(name: str, dirs: tuple[Path, ...]) -> Path | None:
     for base in dirs:
         candidate = base / name
         if candidate.is_file():
-            if candidate.resolve().is_relative_to(base.resolve()):
+            if _inside(candidate, base):
                 return candidate
             raise TemplateError(
                 f"template file {name!r}: resolves outside the templates directory", part=name
             )
     return None
+
+
+def _inside(candidate: Path, base: Path) -> bool:
+    """Whether ``candidate`` (``base`` / a name without ``..``) resolves inside ``base``.
+
+    Looked up for every message (the e-mail layout), so the common case costs one ``lstat``
+    per component of the name: when ``base`` is its own real path and no component below it
+    is a symlink, the real path of the candidate is ``base`` / name, inside ``base``. Any
+    symlink takes the full resolution."""
+    real_base = _real(base)
+    if real_base == base and not any(
+        os.path.islink(part) for part in (candidate, *candidate.parents[: _depth(candidate, base)])
+    ):
+        return True
+    return candidate.resolve().is_relative_to(real_base)
+
+
+def _depth(candidate: Path, base: Path) -> int:
+    """How many directories lie between ``base`` and ``candidate`` (0: directly in ``base``)."""
+    return len(candidate.relative_to(base).parts) - 1
+
+
+@functools.lru_cache(maxsize=32)
+def _real(base: Path) -> Path:
+    return base.resolve()
 
 
 def load(env: jinja2.Environment, name: str, dirs: tuple[Path, ...]) -> jinja2.Template:

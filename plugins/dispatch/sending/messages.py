@@ -168,9 +168,23 @@ def prepare_messages(
     outcomes: list[Outcome] = []
     messages: list[OutgoingMessage] = []
     recheck = one_per_invoice(recheck)  # a repeated invoice would make .get() return a Series
-    now_status = recheck.set_index("invoice_id")["status"] if not recheck.empty else pd.Series(dtype=str)
-    now_pdf = recheck.set_index("invoice_id")["pdf_path"] if not recheck.empty else pd.Series(dtype=str)
-    rec = recipients.set_index("action_id")
+    # Plain dicts, read once per column: a pandas lookup per message and column cost more
+    # than rendering the message's subject.
+    now_status: dict[Any, Any] = {}
+    now_pdf: dict[Any, Any] = {}
+    if not recheck.empty:
+        now_status = dict(zip(recheck["invoice_id"], recheck["status"], strict=True))
+        now_pdf = dict(zip(recheck["invoice_id"], recheck["pdf_path"], strict=True))
+    rec: dict[Any, tuple[Any, Any, Any]] = {
+        aid: (problem, detail, to)
+        for aid, problem, detail, to in zip(
+            recipients["action_id"],
+            recipients["problem"],
+            recipients["problem_detail"],
+            recipients["recipients"],
+            strict=True,
+        )
+    }
     rows: Iterable[Any] = details.itertuples(index=False)  # a frame row: its columns are untyped
     for row in rows:
         aid, iid = row.action_id, row.invoice_id
@@ -187,14 +201,14 @@ def prepare_messages(
                 )
             )
             continue
-        r = rec.loc[aid]
-        if _none(r["problem"]) is not None:
+        problem, problem_detail, to = rec[aid]
+        if _none(problem) is not None:
             outcomes.append(
                 Outcome.manual(
                     action_id=aid,
                     invoice_id=iid,
-                    reason=ManualReason(r["problem"]),
-                    detail=_none(r["problem_detail"]),
+                    reason=ManualReason(problem),
+                    detail=_none(problem_detail),
                 )
             )
             continue
@@ -258,7 +272,7 @@ def prepare_messages(
                 invoice_id=iid,
                 org_id=row.org_id,
                 channel=row.channel,
-                recipients=tuple(r["recipients"]),
+                recipients=tuple(to),
                 deliver_at=deliver_at[aid],
                 subject=rendered.subject,
                 body_text=rendered.text,
