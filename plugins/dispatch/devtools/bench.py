@@ -545,6 +545,7 @@ class DispatchPoint:
     sent: int
     seconds: float
     floor: Floor
+    direct_floor: Floor | None = None  # e-mails: the same floor built with the outbox's writer
 
     @property
     def per_second(self) -> float:
@@ -593,7 +594,8 @@ def dispatch_point(
         sent = sent_messages(dispatch_url, channel)
         say(f"[{backend}] the floor of the same {len(sent):,} {OUTBOX_CHANNELS[channel]} …")
         floor = (email_floor if channel == "email" else letter_floor)(sent, base / "floor")
-    return DispatchPoint(channel, fig.outbox_written.get(channel, 0), stage.seconds, floor)
+        direct = email_floor(sent, base / "floor-direct", direct=True) if channel == "email" else None
+    return DispatchPoint(channel, fig.outbox_written.get(channel, 0), stage.seconds, floor, direct)
 
 
 # --- printing ----------------------------------------------------------------------------------
@@ -719,6 +721,10 @@ def target_rows(
         r = _ratio(emails.per_second, emails.floor.per_second)
         add(f"dispatch, {emails.sent:,} e-mails into the outbox", f"{emails.per_second:,.0f}/s",
             f"floor {emails.floor.per_second:,.0f}/s", r, ">= 0.8x", r is not None and r >= 0.8)  # fmt: skip
+        if emails.direct_floor:
+            r = _ratio(emails.per_second, emails.direct_floor.per_second)
+            add("  the same vs a floor built with the outbox's writer", f"{emails.per_second:,.0f}/s",
+                f"direct floor {emails.direct_floor.per_second:,.0f}/s", r, "(measured)", None)  # fmt: skip
     if letters:
         r = _ratio(letters.per_second, letters.floor.per_second)
         add(f"dispatch, {letters.sent:,} letters into the outbox", f"{letters.per_second:,.0f}/s",
