@@ -80,6 +80,13 @@ def test_what_is_left_holds_only_the_allowed_controls_and_cleaning_twice_changes
     assert strip_controls(printable) == printable  # nothing else is touched
 
 
+@given(st.text(), st.sampled_from(["", "\t", "\n", "\t\n"]))
+def test_the_search_finds_exactly_the_characters_of_the_set(text: str, allowed: str) -> None:
+    expected = any(ch in CONTROLS and ch not in allowed for ch in text)
+    assert has_controls(text, allowed=allowed) is expected
+    assert (strip_controls(text, keep=allowed, tab_to_space=False) == text) is (not expected)
+
+
 # --- each format's gate ---------------------------------------------------------------------
 
 
