@@ -25,7 +25,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import JSON, Connection, Date, DateTime, Integer, Table, bindparam, column, insert, table, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Date,
+    DateTime,
+    Integer,
+    Table,
+    bindparam,
+    column,
+    insert,
+    table,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement

@@ -65,7 +65,8 @@ def stream_changed_invoices(
     with engine.connect() as conn:
         dbapi = cast("Any", conn.connection.driver_connection)
         # PostgreSQL: a named (server-side) cursor fetches chunk_rows per round trip
-        cursor = dbapi.cursor(name="dispatch_extract") if engine.dialect.name == "postgresql" else dbapi.cursor()
+        server_side = engine.dialect.name == "postgresql"
+        cursor = dbapi.cursor(name="dispatch_extract") if server_side else dbapi.cursor()
         try:
             cursor.execute(sql, params)
             columns = [str(d[0]) for d in cursor.description]
