@@ -115,7 +115,7 @@ def _text_column(col: pd.Series, col_type: Any) -> np.ndarray:
     if pd.api.types.is_bool_dtype(col.dtype):
         out = np.where(col.to_numpy(dtype=bool, na_value=False), "t", "f").astype(object)
     elif col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-        values = col.to_numpy(dtype=object, na_value=None)
+        values = col.to_numpy(dtype=object)
         kind = pd.api.types.infer_dtype(values, skipna=True)
         if kind == "boolean":
             out = np.where(values == True, "t", "f").astype(object)  # noqa: E712 (element-wise)
