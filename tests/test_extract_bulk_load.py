@@ -141,3 +141,13 @@ def test_a_table_with_history_is_not_loaded_in_bulk(w: World) -> None:
     summary = _extract(w, run_id="r2", chunk_rows=100)
     assert not summary.bulk_load
     assert summary.imported == 6
+
+
+def test_a_queue_that_holds_rows_is_filled_with_on_conflict(w: World) -> None:
+    with w.dispatch.begin() as conn:  # a queue entry left over for an invoice not imported yet
+        stale = "INSERT INTO template_queue (invoice_id, queued_at) VALUES ('i1', CURRENT_TIMESTAMP)"
+        conn.execute(sa.text(stale))
+    summary = _extract(w, chunk_rows=4)
+    assert summary.bulk_load is (w.dispatch.dialect.name == "postgresql")
+    assert summary.imported == 10
+    assert _state(w)["queue"] == [f"i{n}" for n in range(8)]

@@ -282,7 +282,7 @@ def extract_invoices(
             stamp = rules.parse_instants(raw["updated_at"]).max()
             if pd.notna(stamp) and (newest is None or stamp > newest):
                 newest = stamp
-            _import_chunk(conn, raw, book, switches, ctx, summary, bulk=load is not None)
+            _import_chunk(conn, raw, book, switches, ctx, summary, load=load)
         bulk_extract.drop_keys_table(conn)
         bulk_extract.end_bulk_load(conn, load)
 
@@ -303,13 +303,13 @@ def _import_chunk(
     ctx: RunContext,
     summary: ExtractSummary,
     *,
-    bulk: bool = False,
+    load: bulk_extract.BulkLoad | None = None,
 ) -> None:
     """Validate one chunk against the rules and the history, quarantine its bad rows and
     upsert the good ones; a new invoice is inserted tagged (``tag_new_invoices``' rule, for
     its organization's sending switch in ``switches``) and, when to send, queued. In a
-    ``bulk`` load (the table locked by this transaction) the new invoices are COPYed
-    straight into the table, the known ones upserted."""
+    bulk ``load`` (the table locked by this transaction) the new invoices are COPYed
+    straight into the table (and into the queue, if it was empty), the known ones upserted."""
     cust, changed = book.for_chunk(conn, raw["customer_id"])
     summary.customers_changed += changed
     known: set[str] = set()
@@ -345,7 +345,7 @@ def _import_chunk(
     status = initial_statuses(enabled_at, pd.Timestamp(ctx.as_of), out["accounting_status"])
     # first_seen_* and the status only land on insert: the upsert updates the MUTABLE columns alone
     rows = out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id, sending_status=status)
-    if bulk:
+    if load is not None:
         new_rows = is_new.to_numpy()
         append_rows(conn, invoices, rows.loc[new_rows])
         upsert(conn, invoices, rows.loc[~new_rows], ["invoice_id"], MUTABLE)
@@ -354,7 +354,10 @@ def _import_chunk(
     queue = is_new.to_numpy() & (status == "to_send")
     if queue.any():
         waiting = pd.DataFrame({"invoice_id": out["invoice_id"].to_numpy()[queue], "queued_at": ctx.as_of})
-        insert_ignore(conn, template_queue, waiting, ["invoice_id"])
+        if load is not None and load.queue_empty:
+            append_rows(conn, template_queue, waiting)
+        else:
+            insert_ignore(conn, template_queue, waiting, ["invoice_id"])
     summary.imported += int(is_new.sum())
     summary.updated += int((~is_new).sum())
 

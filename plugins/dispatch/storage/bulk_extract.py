@@ -3,7 +3,7 @@ that what the chunk must be compared with in the history (ids already imported, 
 by another invoice) is found by joins on indexes instead of by reading the history.
 
 PostgreSQL stages with ``COPY … FROM STDIN`` (one CSV buffer built by pandas, no Python loop
-over rows) and analyzes the table so the planner joins through the indexes; SQLite with one
+over rows) and joins through the indexes (:func:`probing_indexes`); SQLite with one
 ``executemany``. The table lives in the extract's transaction: PostgreSQL drops it at commit,
 and the extract drops it itself on SQLite (and both lose it on a rollback).
 """
@@ -47,7 +47,6 @@ def stage_keys(conn: Connection, keys: pd.DataFrame) -> None:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor.copy(f"COPY {KEYS} ({', '.join(KEY_COLUMNS)}) FROM STDIN (FORMAT csv)") as copy:
             copy.write(buffer.getvalue())
-        conn.exec_driver_sql(f"ANALYZE {KEYS}")
     else:
         conn.exec_driver_sql(
             f"INSERT INTO {KEYS} VALUES (?, ?, ?)", list(frame.itertuples(index=False, name=None))
@@ -112,6 +111,8 @@ class BulkLoad:
     (``pg_get_indexdef``): :func:`end_bulk_load` creates them again, the same."""
 
     indexes: tuple[tuple[str, str], ...]
+    #: the template queue was empty when locked: the load's new invoices are COPYed into it too
+    queue_empty: bool = False
 
 
 def begin_bulk_load(conn: Connection, first_chunk_rows: int) -> BulkLoad | None:
@@ -134,6 +135,9 @@ def begin_bulk_load(conn: Connection, first_chunk_rows: int) -> BulkLoad | None:
       empty table), then sees every row and index.
     * **The checks.** Ids already imported are found by the primary key, which stays;
       numbers another invoice holds by the ``(number, org_id)`` index, which stays too.
+    * **The queue.** ``template_queue`` is locked ``EXCLUSIVE`` (readable, not writable by
+      others); when it is empty, the load's new invoices are COPYed into it as well (no
+      ``ON CONFLICT``: each is new and queued once), else queued with ``ON CONFLICT``.
     """
     if conn.dialect.name != "postgresql" or first_chunk_rows < BULK_MIN_ROWS:
         return None
@@ -158,7 +162,11 @@ def begin_bulk_load(conn: Connection, first_chunk_rows: int) -> BulkLoad | None:
     )
     for name, _definition in dropped:
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
-    return BulkLoad(dropped)
+    # the queue: no other transaction adds to it until the commit (EXCLUSIVE lets it be read);
+    # empty now, it can only hold this load's invoices, each new and queued once
+    conn.exec_driver_sql("LOCK TABLE template_queue IN EXCLUSIVE MODE")
+    queue_empty = bool(conn.exec_driver_sql("SELECT NOT EXISTS (SELECT 1 FROM template_queue)").scalar())
+    return BulkLoad(dropped, queue_empty)
 
 
 def end_bulk_load(conn: Connection, load: BulkLoad | None) -> None:
