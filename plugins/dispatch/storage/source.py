@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pandas as pd
 from sqlalchemy import Engine, TextClause, bindparam, text
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from dispatch.paths import SQL_DIR, resolve
 
@@ -67,12 +68,28 @@ def stream_changed_invoices(
         # PostgreSQL: a named (server-side) cursor fetches chunk_rows per round trip
         server_side = engine.dialect.name == "postgresql"
         cursor = dbapi.cursor(name="dispatch_extract") if server_side else dbapi.cursor()
+        driver_error = engine.dialect.loaded_dbapi.Error
+
+        def as_sqlalchemy(error: Exception) -> StatementError:
+            """The driver's error as SQLAlchemy would have raised it (with the statement), so
+            that ``storage.errors.explain`` names the query and the missing column."""
+            return DBAPIError.instance(sql, params, error, driver_error, dialect=engine.dialect)
+
         try:
-            cursor.execute(sql, params)
+            try:
+                cursor.execute(sql, params)
+            except driver_error as error:
+                raise as_sqlalchemy(error) from error
             columns = [str(d[0]) for d in cursor.description]
 
             def frames() -> Iterator[pd.DataFrame]:
-                while rows := cursor.fetchmany(chunk_rows):
+                while True:
+                    try:
+                        rows = cursor.fetchmany(chunk_rows)
+                    except driver_error as error:
+                        raise as_sqlalchemy(error) from error
+                    if not rows:
+                        return
                     yield pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
 
             yield frames()
