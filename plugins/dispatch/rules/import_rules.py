@@ -55,7 +55,10 @@ def too_wide(s: pd.Series, width: int) -> pd.Series:
 
 def has_nul(s: pd.Series) -> pd.Series:
     """PostgreSQL text cannot hold a NUL character: such a key or number cannot be stored."""
-    return s.astype("string").str.contains("\x00", regex=False).fillna(False)
+    text = s.astype("string")
+    if "\x00" not in "".join(text[text.notna()].tolist()):
+        return pd.Series(False, index=s.index)
+    return text.str.contains("\x00", regex=False).fillna(False).astype(bool)
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
