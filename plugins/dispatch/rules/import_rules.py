@@ -55,7 +55,10 @@ def too_wide(s: pd.Series, width: int) -> pd.Series:
 
 def has_nul(s: pd.Series) -> pd.Series:
     """PostgreSQL text cannot hold a NUL character: such a key or number cannot be stored."""
-    return s.astype("string").str.contains("\x00", regex=False).fillna(False)
+    text = s.astype("string")
+    if "\x00" not in "".join(text[text.notna()].tolist()):
+        return pd.Series(False, index=s.index)
+    return text.str.contains("\x00", regex=False).fillna(False).astype(bool)
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
@@ -73,10 +76,14 @@ def out_of_window(raw: pd.Series, parsed: pd.Series, window: tuple[dt.date, dt.d
     """Dates outside ``window``: parsed ones compared, and unparsed ones whose year alone is
     outside (a '10000-01-01' is out of range rather than merely unreadable)."""
     low, high = pd.Timestamp(window[0]), pd.Timestamp(window[1])
-    outside = parsed.notna() & ((parsed < low) | (parsed > high))
-    year = pd.to_numeric(raw.astype("string").str.extract(r"^\s*(\d{4,})-", expand=False), errors="coerce")
-    year_out = parsed.isna() & raw.notna() & ((year < window[0].year) | (year > window[1].year)).fillna(False)
-    return (outside | year_out).astype(bool)
+    outside = (parsed.notna() & ((parsed < low) | (parsed > high))).astype(bool)
+    unparsed = parsed.isna().to_numpy() & raw.notna().to_numpy()
+    if unparsed.any():  # the year is read from the few values that did not parse, not all
+        text = raw[unparsed].astype("string")
+        year = pd.to_numeric(text.str.extract(r"^\s*(\d{4,})-", expand=False), errors="coerce")
+        year_out = ((year < window[0].year) | (year > window[1].year)).fillna(False).astype(bool)
+        outside = outside | year_out.reindex(outside.index, fill_value=False)
+    return outside
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,16 @@ def check_customers(raw: pd.DataFrame) -> Customers:
 
 
 def collapse_copies(raw: pd.DataFrame) -> pd.DataFrame:
-    """Exact copies of a row (an extract joined to line items) are one row."""
-    return raw.loc[~raw.astype("string").duplicated()]
+    """Exact copies of a row (an extract joined to line items) are one row. Only rows whose
+    invoice id repeats can be copies, so only those are compared as text across columns."""
+    if raw.empty:
+        return raw
+    repeated = raw["invoice_id"].astype("string").duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return raw
+    copy = np.zeros(len(raw), dtype=bool)
+    copy[repeated] = raw.loc[repeated].astype("string").duplicated().to_numpy()
+    return raw.loc[~copy]
 
 
 def invoice_rules(
@@ -132,13 +147,15 @@ def invoice_rules(
     customer_org = customer.map(customers.usable.set_index("customer_id")["org_id"])
     refused_customer = customer.map(customers.refused)
     ids = df["invoice_id"]
+    # each text column converted once, for the rules that read it as text
+    ids_text, number = ids.astype("string"), df["number"].astype("string")
     return [
-        ("missing_invoice_id", blank(ids)),
-        ("invalid_invoice_id", too_wide(ids, KEY_WIDTH) | has_nul(ids)),
+        ("missing_invoice_id", blank(ids_text)),
+        ("invalid_invoice_id", too_wide(ids_text, KEY_WIDTH) | has_nul(ids_text)),
         ("duplicate_invoice_id", ids.duplicated(keep=False)),
         ("unknown_org", ~df["org_id"].isin(known_orgs)),
-        ("missing_number", blank(df["number"])),
-        ("invalid_number", has_nul(df["number"])),
+        ("missing_number", blank(number)),
+        ("invalid_number", has_nul(number)),
         # a NUL is never part of a file name; PostgreSQL text could not even store it
         ("invalid_pdf_path", has_nul(df["pdf_path"])),
         ("missing_issue_date", df["issue_date"].isna()),
@@ -146,7 +163,7 @@ def invoice_rules(
         ("invalid_issue_date", df["issue_date_p"].isna()),
         ("due_date_out_of_range", out_of_window(df["due_date"], df["due_date_p"], window)),
         ("invalid_due_date", df["due_date"].notna() & df["due_date_p"].isna()),
-        ("missing_customer_id", blank(df["customer_id"])),
+        ("missing_customer_id", blank(customer)),
         ("duplicate_customer", (refused_customer == "duplicate_customer").fillna(False)),
         ("invalid_customer", (refused_customer == "invalid_customer").fillna(False)),
         ("unknown_customer", customer_org.isna()),
@@ -170,12 +187,14 @@ def invoice_rules(
 
 def first_reason(index: pd.Index, rules: list[tuple[str, pd.Series]]) -> pd.Series:
     """Each row's first failing rule (NA: the row passes); a rule that cannot be evaluated
-    for a row (NA) counts as failed."""
-    reason = pd.Series(pd.NA, index=index, dtype="string")
+    for a row (NA) counts as failed. Decided on NumPy arrays, one pass per rule."""
+    reason = np.full(len(index), None, dtype=object)
+    open_rows = np.ones(len(index), dtype=bool)
     for name, mask in rules:
-        mask = pd.Series(mask, index=index).fillna(True).astype(bool)
-        reason = reason.mask(reason.isna() & mask, name)
-    return reason
+        failed = pd.Series(mask, index=index).fillna(True).to_numpy(dtype=bool) & open_rows
+        reason[failed] = name
+        open_rows &= ~failed
+    return pd.Series(reason, index=index, dtype="string")
 
 
 def parse_invoices(raw: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,7 @@ from dispatch.rules import import_rules as rules
 from dispatch.runtime.runs import RunContext
 from dispatch.stages.tag_new_invoices import initial_statuses
 from dispatch.storage import bulk_extract, source
-from dispatch.storage.bulk import frame_records, insert_ignore, upsert
+from dispatch.storage.bulk import append_rows, frame_records, insert_ignore, upsert
 from dispatch.storage.schema import (
     customers,
     invoices,
@@ -70,6 +71,7 @@ class ExtractSummary:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     customers_changed: int = 0
     chunks: int = 0
+    bulk_load: bool = False  # loaded by COPY, indexes built after (storage.bulk_extract)
     since: str | None = None
     watermark: str | None = None
 
@@ -266,16 +268,23 @@ def extract_invoices(
     newest: pd.Timestamp | None = None
 
     with db.tx() as conn, source.stream_changed_invoices(accounting, since, ctx.as_of, chunk_rows) as frames:
+        chunks = whole_invoices(frames)
+        first = next(chunks, None)
+        # a first run into an (almost) empty table loads in bulk: decided, and the table
+        # locked, before this transaction writes anything (bulk_extract.begin_bulk_load)
+        load = bulk_extract.begin_bulk_load(conn, 0 if first is None else len(first))
+        summary.bulk_load = load is not None
         _quarantine(conn, unplaceable, ctx, summary)
         bulk_extract.create_keys_table(conn)
-        for raw in whole_invoices(frames):
+        for raw in itertools.chain([] if first is None else [first], chunks):
             summary.read += len(raw)
             summary.chunks += 1
             stamp = rules.parse_instants(raw["updated_at"]).max()
             if pd.notna(stamp) and (newest is None or stamp > newest):
                 newest = stamp
-            _import_chunk(conn, raw, book, switches, ctx, summary)
+            _import_chunk(conn, raw, book, switches, ctx, summary, load=load)
         bulk_extract.drop_keys_table(conn)
+        bulk_extract.end_bulk_load(conn, load)
 
         if newest is not None:
             value = max(newest.to_pydatetime(), newest_mark) if newest_mark else newest.to_pydatetime()
@@ -293,10 +302,14 @@ def _import_chunk(
     switches: dict[str, dt.datetime | None],
     ctx: RunContext,
     summary: ExtractSummary,
+    *,
+    load: bulk_extract.BulkLoad | None = None,
 ) -> None:
     """Validate one chunk against the rules and the history, quarantine its bad rows and
     upsert the good ones; a new invoice is inserted tagged (``tag_new_invoices``' rule, for
-    its organization's sending switch in ``switches``) and, when to send, queued."""
+    its organization's sending switch in ``switches``) and, when to send, queued. In a
+    bulk ``load`` (the table locked by this transaction) the new invoices are COPYed
+    straight into the table (and into the queue, if it was empty), the known ones upserted."""
     cust, changed = book.for_chunk(conn, raw["customer_id"])
     summary.customers_changed += changed
     known: set[str] = set()
@@ -331,17 +344,20 @@ def _import_chunk(
     enabled_at = pd.to_datetime(out["org_id"].map(switches), utc=True)
     status = initial_statuses(enabled_at, pd.Timestamp(ctx.as_of), out["accounting_status"])
     # first_seen_* and the status only land on insert: the upsert updates the MUTABLE columns alone
-    upsert(
-        conn,
-        invoices,
-        out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id, sending_status=status),
-        ["invoice_id"],
-        MUTABLE,
-    )
+    rows = out.assign(first_seen_at=ctx.as_of, first_seen_run_id=ctx.run_id, sending_status=status)
+    if load is not None:
+        new_rows = is_new.to_numpy()
+        append_rows(conn, invoices, rows.loc[new_rows])
+        upsert(conn, invoices, rows.loc[~new_rows], ["invoice_id"], MUTABLE)
+    else:
+        upsert(conn, invoices, rows, ["invoice_id"], MUTABLE)
     queue = is_new.to_numpy() & (status == "to_send")
     if queue.any():
         waiting = pd.DataFrame({"invoice_id": out["invoice_id"].to_numpy()[queue], "queued_at": ctx.as_of})
-        insert_ignore(conn, template_queue, waiting, ["invoice_id"])
+        if load is not None and load.queue_empty:
+            append_rows(conn, template_queue, waiting)
+        else:
+            insert_ignore(conn, template_queue, waiting, ["invoice_id"])
     summary.imported += int(is_new.sum())
     summary.updated += int((~is_new).sum())
 

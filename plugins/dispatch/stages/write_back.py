@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, and_, case, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, case, exists, func, select, update
 
 from dispatch.runtime.runs import RunContext, finish_run
 from dispatch.sending.events import EVENTS
@@ -77,17 +77,22 @@ def outcome_totals(conn: Connection) -> dict[str, int]:
     """Every imported invoice in exactly one outcome (SPEC B2), plus rejected rows.
 
     Counts from indexes, none of which reads invoice rows into Python or joins the whole
-    history: settled invoices per (sending_status, sent_how) from the index on those two
-    columns; of the to-send ones, the manual actions (the to-do list, joined to their
+    history: invoices per (sending_status, sent_how) from one pass over the index on those
+    two columns; of the to-send ones, the manual actions (the to-do list, joined to their
     invoices), the open actions (the status index), the template queue's invoices without
     an action, and the rest — settled actions not yet synced — by difference."""
     totals = {k: 0 for k in OUTCOMES}
-    settled = conn.execute(
-        select(invoices.c.sending_status, invoices.c.sent_how, func.count())
-        .where(or_(invoices.c.sending_status != "to_send", invoices.c.sending_status.is_(None)))
-        .group_by(invoices.c.sending_status, invoices.c.sent_how)
+    # one pass over the (sending_status, sent_how) index counts every status, to-send included
+    by_status = conn.execute(
+        select(invoices.c.sending_status, invoices.c.sent_how, func.count()).group_by(
+            invoices.c.sending_status, invoices.c.sent_how
+        )
     ).all()
-    for status, how, n in settled:
+    n_to_send = 0
+    for status, how, n in by_status:
+        if status == "to_send":
+            n_to_send += int(n)
+            continue
         if status == "sent":
             key = "ignored_or_marked_sent" if how in ("ignored", "marked_sent") else "sent"
         elif status == "cancelled":
@@ -96,7 +101,6 @@ def outcome_totals(conn: Connection) -> dict[str, int]:
             key = "not_required"
         totals[key] += int(n)
     to_send = invoices.c.sending_status == "to_send"
-    n_to_send = _count(conn, select(func.count()).select_from(invoices).where(to_send))
     totals["manual"] = _count(
         conn,
         select(func.count())

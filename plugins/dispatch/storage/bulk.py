@@ -18,7 +18,6 @@ databases: a temporary table costs more round trips than it saves.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +25,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import JSON, Connection, Integer, Table, bindparam, column, insert, table, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Date,
+    DateTime,
+    Integer,
+    Table,
+    bindparam,
+    column,
+    insert,
+    table,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
@@ -82,38 +93,57 @@ def _as_records(rows: Rows) -> list[dict[str, Any]]:
 # --- PostgreSQL: COPY into a temporary table ---------------------------------------------------
 
 
-def _copy_text(target: Table, frame: pd.DataFrame) -> str:
-    """``frame`` in PostgreSQL's text COPY format, column by column (no per-row Python)."""
-    out: dict[str, pd.Series] = {}
-    for name in frame.columns:
-        col = frame[name]
-        col_type = target.c[str(name)].type
-        if pd.api.types.is_datetime64_any_dtype(col.dtype):
-            # NumPy's C formatter, in UTC with an explicit offset: pandas' per-value
-            # formatting of aware timestamps cost more than the COPY itself
-            if getattr(col.dt, "tz", None) is not None:
-                col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+def _text_column(col: pd.Series, col_type: Any) -> np.ndarray:
+    """One column as an object array of COPY text values, ``\\N`` for the missing ones,
+    converted by NumPy or pandas on the whole column (no Python per value where avoidable)."""
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        # NumPy's C formatter, in UTC with an explicit offset: pandas' per-value formatting
+        # of aware timestamps cost more than the COPY itself; a DATE column gets the day
+        if getattr(col.dt, "tz", None) is not None:
+            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        if isinstance(col_type, Date) and not isinstance(col_type, DateTime):
+            stamps = np.datetime_as_string(col.to_numpy(dtype="datetime64[D]"), unit="D")
+        else:
             values = col.to_numpy(dtype="datetime64[us]")
             stamps = np.char.add(np.datetime_as_string(values, unit="us"), "+00")
-            col = pd.Series(stamps, index=col.index, dtype=object).where(~np.isnat(values), None)
-        elif isinstance(col_type, Integer) and pd.api.types.is_float_dtype(col.dtype):
-            col = col.astype("Int64")  # NaN made a float of an integer column: '3.0' is no integer
-        elif col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-            present = col[col.notna()]
-            if pd.api.types.is_bool_dtype(present.infer_objects().dtype):
-                text = present.map({True: "t", False: "f"})
-            else:
-                text = present.astype(str)
-                # one search of the column joined, for the rare values COPY must escape: a
-                # search per value cost more than writing the column
-                if _NEEDS_ESCAPE_RE.search("".join(text.tolist())):
-                    for plain, escaped in _ESCAPES:
-                        text = text.str.replace(plain, escaped, regex=False)
-            col = text.reindex(col.index)  # missing values are written as NULL
-        out[str(name)] = col
-    return pd.DataFrame(out).to_csv(
-        index=False, header=False, sep="\t", quoting=csv.QUOTE_NONE, na_rep=_NULL, lineterminator="\n"
-    )
+        out = stamps.astype(object)
+        out[col.isna().to_numpy()] = _NULL
+        return out
+    if isinstance(col_type, Integer) and pd.api.types.is_float_dtype(col.dtype):
+        col = col.astype("Int64")  # NaN made a float of an integer column: '3.0' is no integer
+    missing = col.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(col.dtype):
+        out = np.where(col.to_numpy(dtype=bool, na_value=False), "t", "f").astype(object)
+    elif col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+        values = col.to_numpy(dtype=object)
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if kind == "boolean":
+            out = np.where(values == True, "t", "f").astype(object)  # noqa: E712 (element-wise)
+        elif kind in ("string", "empty"):
+            out = values.copy()
+        else:  # dates, decimals, mixed: str() of each value, as the driver would send it
+            out = col.astype(str).to_numpy(dtype=object)
+        present = out[~missing]
+        # one search of the column joined, for the rare values COPY must escape: a search
+        # per value cost more than writing the column
+        if present.size and _NEEDS_ESCAPE_RE.search("".join(present.tolist())):
+            escaped = pd.Series(present, dtype=object)
+            for plain, replacement in _ESCAPES:
+                escaped = escaped.str.replace(plain, replacement, regex=False)
+            out[~missing] = escaped.to_numpy(dtype=object)
+    else:  # numbers: their shortest repr, as the CSV writer wrote them
+        out = col.astype(str).to_numpy(dtype=object)
+    out[missing] = _NULL
+    return out
+
+
+def _copy_text(target: Table, frame: pd.DataFrame) -> str:
+    """``frame`` in PostgreSQL's text COPY format, built column by column (no per-row Python:
+    the rows are joined by ``str.join`` mapped over the zipped columns, in C)."""
+    if frame.empty:
+        return ""
+    arrays = [_text_column(frame[name], target.c[str(name)].type) for name in frame.columns]
+    return "\n".join(map("\t".join, zip(*arrays, strict=True))) + "\n"
 
 
 def _copy_into(conn: Connection, name: str, target: Table, frame: pd.DataFrame) -> None:

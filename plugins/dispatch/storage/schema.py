@@ -207,12 +207,12 @@ invoices = Table(
     CheckConstraint(_in("sending_status", SENDING_STATUSES, nullable=True), name="sending_status"),
     CheckConstraint(_in("sent_how", SENT_HOW, nullable=True), name="sent_how"),
     CheckConstraint(_in("accounting_status", ACCOUNTING_STATUSES), name="accounting_status"),
-    Index(None, "org_id", "number"),
+    # the duplicate-number check (both columns) and the Invoices page's search by number (0010)
+    Index(None, "number", "org_id"),
     Index(None, "customer_id"),
     Index(None, "first_seen_run_id"),  # what a run imported (0003)
     # outcome totals, index-only (0004); also every lookup by status (0007 dropped the status alone)
     Index(None, "sending_status", "sent_how"),
-    Index(None, "number"),  # the Invoices page's search by number (0006)
 )
 
 invoice_actions = Table(
