@@ -138,7 +138,7 @@ def test_a_failure_mid_load_leaves_the_indexes_and_no_action(
         before = _schema(w)
         monkeypatch.setattr(bulk_load, "BULK_MIN_ROWS", 1)
         monkeypatch.setattr(resolve, "CHUNK_ROWS", 3)
-        real = resolve._insert_created_events
+        real = resolve._settle_queue
         calls: list[int] = []
 
         def fail_on_second_page(*args, **kw):  # type: ignore[no-untyped-def]
@@ -147,12 +147,12 @@ def test_a_failure_mid_load_leaves_the_indexes_and_no_action(
                 raise RuntimeError("crash mid-load")
             return real(*args, **kw)
 
-        monkeypatch.setattr(resolve, "_insert_created_events", fail_on_second_page)
+        monkeypatch.setattr(resolve, "_settle_queue", fail_on_second_page)
         with pytest.raises(RuntimeError, match="crash mid-load"):
             w.run("2026-12-02T05:00Z")
         assert w.actions() == []
         assert _schema(w) == before
-        monkeypatch.setattr(resolve, "_insert_created_events", real)
+        monkeypatch.setattr(resolve, "_settle_queue", real)
         assert w.run("2026-12-02T06:00Z").stages["resolve_templates"]["created"] == 10
         assert _schema(w) == before
 

@@ -22,6 +22,7 @@ actions a concurrent run created first).
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -165,7 +166,31 @@ def _candidates(conn: Connection, page, after: str | None, upto: str) -> pd.Data
         .where(invoices.c.sending_status == "to_send", ~_has_action())
         .where(_in_page(invoices.c.invoice_id, after, upto))
     )
-    return pd.read_sql(stmt, conn)
+    if conn.dialect.name != "postgresql":
+        return pd.read_sql(stmt, conn)
+    return _copy_out(conn, stmt)
+
+
+def _copy_out(conn: Connection, stmt) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """The candidates through ``COPY (…) TO STDOUT`` parsed by pandas' C reader: a page's
+    50,000 rows cost a tenth of their trip through result rows and per-value type
+    processing. Every column comes back as text (no value is taken for a NaN marker; the
+    only nullable one, ``holidays``, means "none" when empty, as NULL does); the dates and
+    the delay are converted column-wise; ``first_seen_at`` is spelt in UTC by the session."""
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    buffer = io.BytesIO()
+    dbapi = conn.connection.driver_connection
+    with dbapi.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute("SET LOCAL TimeZone = 'UTC'")
+        with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
+            for block in copy:
+                buffer.write(block)
+    buffer.seek(0)
+    frame = pd.read_csv(buffer, dtype=str, keep_default_na=False, na_filter=False)
+    frame["issue_date"] = pd.to_datetime(frame["issue_date"], format="%Y-%m-%d")
+    frame["first_seen_at"] = pd.to_datetime(frame["first_seen_at"], utc=True, format="ISO8601")
+    frame["delay_days"] = pd.to_numeric(frame["delay_days"])
+    return frame
 
 
 def _schedule(cand: pd.DataFrame) -> pd.DataFrame:
@@ -186,11 +211,17 @@ def _schedule(cand: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _insert_actions(
-    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
-) -> list[str]:
+_ACTION_COLUMNS = [
+    "action_id", "invoice_id", "org_id", "plan_id", "template_id", "channel", "automatic",
+    "owner_user_id", "scheduled_for", "scheduled_local_date", "status", "attempts",
+    "created_at", "updated_at",
+]  # fmt: skip
+_EVENT_COLUMNS = ["action_id", "invoice_id", "at", "event", "detail", "run_id"]
+
+
+def _action_insert(conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str):  # type: ignore[no-untyped-def]
     """The staged actions, completed in SQL from the invoice's plan and template; an invoice
-    that has its action already (a concurrent run's) is skipped. Returns the ids created."""
+    that has its action already (a concurrent run's) is skipped by the conflict."""
     at = literal(ctx.as_of, UTCDateTime())
     t = invoice_templates
     rows = select(
@@ -211,12 +242,58 @@ def _insert_actions(
     ).select_from(_with_template(stage))
     # SQLite needs a WHERE before ON CONFLICT (else it reads the ON as the join's)
     rows = rows.where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, after, upto))
-    names = [
-        "action_id", "invoice_id", "org_id", "plan_id", "template_id", "channel", "automatic",
-        "owner_user_id", "scheduled_for", "scheduled_local_date", "status", "attempts",
-        "created_at", "updated_at",
-    ]  # fmt: skip
-    stmt = dialect_insert(conn, invoice_actions).from_select(names, rows).on_conflict_do_nothing()
+    return dialect_insert(conn, invoice_actions).from_select(_ACTION_COLUMNS, rows).on_conflict_do_nothing()
+
+
+def _detail(template_id, channel, automatic, scheduled_text):  # type: ignore[no-untyped-def]
+    """The ``created`` event's description of its action."""
+    return (
+        literal("template ")
+        + template_id
+        + ", "
+        + channel
+        + ", "
+        + case((automatic, "automatic"), else_="manual")
+        + ", scheduled for "
+        + scheduled_text
+    )
+
+
+def _insert_actions_and_events(
+    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
+) -> int:
+    """PostgreSQL: the actions and their ``created`` events in one statement — the events
+    are written from the ``RETURNING`` of the actions' insert, so only the actions this run
+    created get one (a concurrent run's are that run's), and the page's join to plan and
+    template is made once. Returns the number created."""
+    a = invoice_actions
+    created = (
+        _action_insert(conn, stage, ctx, after, upto)
+        .returning(a.c.action_id, a.c.invoice_id, a.c.template_id, a.c.channel, a.c.automatic)
+        .cte("created")
+    )
+    rows = select(
+        created.c.action_id,
+        created.c.invoice_id,
+        literal(ctx.as_of, UTCDateTime()),
+        literal("created"),
+        _detail(created.c.template_id, created.c.channel, created.c.automatic, stage.c.scheduled_text),
+        literal(ctx.run_id),
+    ).select_from(created.join(stage, stage.c.action_id == created.c.action_id))
+    events = (
+        action_events.insert()
+        .from_select(_EVENT_COLUMNS, rows)
+        .returning(action_events.c.action_id)
+        .cte("events")
+    )
+    return int(conn.execute(select(func.count()).select_from(events)).scalar() or 0)
+
+
+def _insert_actions(
+    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
+) -> list[str]:
+    """SQLite: the staged actions; returns the ids created."""
+    stmt = _action_insert(conn, stage, ctx, after, upto)
     return list(conn.execute(stmt.returning(invoice_actions.c.action_id)).scalars())
 
 
@@ -231,36 +308,22 @@ def _keep_created(conn: Connection, stage: Table, staged: pd.Series, created: li
 def _insert_created_events(
     conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
 ) -> None:
-    """One ``created`` event per staged action, described from the same plan and template
-    as the action (the statement never reads the history of actions or events)."""
+    """SQLite: one ``created`` event per staged action, described from the same plan and
+    template as the action (the statement never reads the history of actions or events)."""
     t = invoice_templates
-    detail = (
-        literal("template ")
-        + t.c.template_id
-        + ", "
-        + t.c.channel
-        + ", "
-        + case((t.c.automatic, "automatic"), else_="manual")
-        + ", scheduled for "
-        + stage.c.scheduled_text
-    )
     rows = (
         select(
             stage.c.action_id,
             stage.c.invoice_id,
             literal(ctx.as_of, UTCDateTime()),
             literal("created"),
-            detail,
+            _detail(t.c.template_id, t.c.channel, t.c.automatic, stage.c.scheduled_text),
             literal(ctx.run_id),
         )
         .select_from(_with_template(stage))
         .where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, after, upto))
     )
-    conn.execute(
-        action_events.insert().from_select(
-            ["action_id", "invoice_id", "at", "event", "detail", "run_id"], rows
-        )
-    )
+    conn.execute(action_events.insert().from_select(_EVENT_COLUMNS, rows))
 
 
 def _settle_queue(conn: Connection, after: str | None, upto: str) -> None:
@@ -344,12 +407,15 @@ def _resolve_pages(conn: Connection, ctx: RunContext, chunk_rows: int, summary: 
                 # a temporary table has no statistics: without them the planner would
                 # hash every created event of the history to check a day's few actions
                 conn.exec_driver_sql(f"ANALYZE {_STAGE.name}")
-            created = _insert_actions(conn, _STAGE, ctx, after, last)
-            if len(created) < len(schedule):
-                _keep_created(conn, _STAGE, schedule["action_id"], created)
-            _insert_created_events(conn, _STAGE, ctx, after, last)
-            summary.created += len(created)
-            del schedule, created
+            if conn.dialect.name == "postgresql":
+                summary.created += _insert_actions_and_events(conn, _STAGE, ctx, after, last)
+            else:
+                created = _insert_actions(conn, _STAGE, ctx, after, last)
+                if len(created) < len(schedule):
+                    _keep_created(conn, _STAGE, schedule["action_id"], created)
+                _insert_created_events(conn, _STAGE, ctx, after, last)
+                summary.created += len(created)
+            del schedule
         del cand
         _settle_queue(conn, after, last)
         after = str(last)
