@@ -167,3 +167,19 @@ def test_worth_deferring_compares_the_load_with_the_table(w: World) -> None:
         assert bulk_load.worth_deferring(conn, "invoice_actions", 11, min_rows=1)
         assert not bulk_load.worth_deferring(conn, "invoice_actions", 10, min_rows=1)
         assert not bulk_load.worth_deferring(conn, "invoice_actions", 11, min_rows=12)
+
+
+def test_the_message_id_index_leaves_the_created_actions_out_after_a_bulk_load(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk_load, "BULK_MIN_ROWS", 1)
+    _scenario(w).run("2026-12-02T05:00Z")  # rebuilt from its own definition (0009)
+    query = {
+        "postgresql": "SELECT indexdef FROM pg_indexes WHERE indexname = :n",
+        "sqlite": "SELECT sql FROM sqlite_master WHERE name = :n",
+    }
+    with w.dispatch.connect() as conn:
+        definition = conn.execute(
+            sa.text(query[conn.dialect.name]), {"n": "ix_invoice_actions_provider_message_id"}
+        ).scalar_one()
+    assert "WHERE provider_message_id IS NOT NULL" in definition.replace("(", "").replace(")", "")
