@@ -353,17 +353,22 @@ def _bulk_tables(conn: Connection, min_rows: int) -> list[str]:
     """The tables whose indexes this run builds after its load (``bulk_load``): on
     PostgreSQL, when at least ``min_rows`` invoices are queued and they outnumber the actions
     (resp. the events) already there — a first run, a mass import. The queue is counted
-    without a lock first (a day's run stops there), then the tables are locked and counted
-    exactly: a concurrent run that loaded them meanwhile is seen."""
+    without a lock first (a day's run stops there); then the tables are locked and counted
+    exactly: a concurrent run that loaded them meanwhile is seen.
+
+    ``invoices`` is locked with them, first, in one statement: dropping the actions' foreign
+    key takes ``ACCESS EXCLUSIVE`` on it anyway, and taking it later (after the ANALYZE's
+    weaker lock) would be an upgrade that can deadlock with a reader holding the invoices
+    and waiting for the actions."""
     if not bulk_load.supported(conn) or bulk_load.count_up_to(conn, template_queue.name, min_rows) < min_rows:
         return []
+    tables = [invoice_actions.name, action_events.name]
+    bulk_load.lock_tables(conn, [invoices.name, *tables])
     # Right after a first run's bulk import the invoices and the queue have no statistics
     # (they look empty to the planner): each page's joins would then hash every to-send
     # invoice, and sort the whole queue, instead of reading the page's key range. A sample
     # now costs a fraction of a second.
     conn.exec_driver_sql(f"ANALYZE {invoices.name}, {template_queue.name}")
-    tables = [invoice_actions.name, action_events.name]
-    bulk_load.lock_tables(conn, tables)
     queued = int(conn.execute(select(func.count()).select_from(template_queue)).scalar() or 0)
     return [t for t in tables if bulk_load.worth_deferring(conn, t, queued, min_rows=min_rows)]
 

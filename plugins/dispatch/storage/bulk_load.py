@@ -17,7 +17,8 @@ holds — a first run, a mass import — the second way is several times cheaper
   key validated when added: a violation fails the load as a per-row check would.
 * **The lock**: the tables are locked ``ACCESS EXCLUSIVE`` first (before anything else is
   read from them, so that no lock is ever upgraded), up to the commit; dropping a foreign
-  key also takes ``ACCESS EXCLUSIVE`` on the referenced table. Every other session that
+  key also takes ``ACCESS EXCLUSIVE`` on the referenced table, which the caller should lock
+  in the same :func:`lock_tables` for the same reason. Every other session that
   reads or writes these tables (the web pages, another run, the webhooks) waits for the
   commit — the few seconds of a first run's load — instead of seeing a table without its
   indexes. A concurrent run that wanted the same load waits for the lock, then finds the
