@@ -137,17 +137,17 @@ def _with_template(source):  # type: ignore[no-untyped-def]
     )
 
 
-def _in_page(column, after: str | None, upto: str):  # type: ignore[no-untyped-def]
-    """``column`` within the page's keys (``after``, ``upto``]: every statement of a page
+def _in_page(column, first: str, upto: str):  # type: ignore[no-untyped-def]
+    """``column`` within the page's keys [``first``, ``upto``]: every statement of a page
     bounds its scans of invoices and actions by the page's key range, so that no plan reads
     every to-send invoice or every action of the history once per page (which made the
     stage quadratic), whatever the planner believes of the tables' sizes — right after the
-    bulk import of a first run the invoices have no statistics and look empty to it."""
-    bound = column <= upto
-    return bound if after is None else bound & (column > after)
+    bulk import of a first run the invoices have no statistics and look empty to it. Both
+    ends count: a day's first page, open below, read the whole history's invoices."""
+    return (column >= first) & (column <= upto)
 
 
-def _candidates(conn: Connection, page, after: str | None, upto: str) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def _candidates(conn: Connection, page, first: str, upto: str) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     """The schedule inputs of the invoices of a queue page that are to send, have no action
     yet and whose owner has a plan with a template. The query starts from the page (never
     from every to-send invoice), whatever the planner's statistics say after a bulk import."""
@@ -164,7 +164,7 @@ def _candidates(conn: Connection, page, after: str | None, upto: str) -> pd.Data
         )
         .select_from(_with_template(page))
         .where(invoices.c.sending_status == "to_send", ~_has_action())
-        .where(_in_page(invoices.c.invoice_id, after, upto))
+        .where(_in_page(invoices.c.invoice_id, first, upto))
     )
     if conn.dialect.name != "postgresql":
         return pd.read_sql(stmt, conn)
@@ -219,7 +219,7 @@ _ACTION_COLUMNS = [
 _EVENT_COLUMNS = ["action_id", "invoice_id", "at", "event", "detail", "run_id"]
 
 
-def _action_insert(conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str):  # type: ignore[no-untyped-def]
+def _action_insert(conn: Connection, stage: Table, ctx: RunContext, first: str, upto: str):  # type: ignore[no-untyped-def]
     """The staged actions, completed in SQL from the invoice's plan and template; an invoice
     that has its action already (a concurrent run's) is skipped by the conflict."""
     at = literal(ctx.as_of, UTCDateTime())
@@ -241,7 +241,7 @@ def _action_insert(conn: Connection, stage: Table, ctx: RunContext, after: str |
         at,
     ).select_from(_with_template(stage))
     # SQLite needs a WHERE before ON CONFLICT (else it reads the ON as the join's)
-    rows = rows.where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, after, upto))
+    rows = rows.where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, first, upto))
     return dialect_insert(conn, invoice_actions).from_select(_ACTION_COLUMNS, rows).on_conflict_do_nothing()
 
 
@@ -259,16 +259,14 @@ def _detail(template_id, channel, automatic, scheduled_text):  # type: ignore[no
     )
 
 
-def _insert_actions_and_events(
-    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
-) -> int:
+def _insert_actions_and_events(conn: Connection, stage: Table, ctx: RunContext, first: str, upto: str) -> int:
     """PostgreSQL: the actions and their ``created`` events in one statement — the events
     are written from the ``RETURNING`` of the actions' insert, so only the actions this run
     created get one (a concurrent run's are that run's), and the page's join to plan and
     template is made once. Returns the number created."""
     a = invoice_actions
     created = (
-        _action_insert(conn, stage, ctx, after, upto)
+        _action_insert(conn, stage, ctx, first, upto)
         .returning(a.c.action_id, a.c.invoice_id, a.c.template_id, a.c.channel, a.c.automatic)
         .cte("created")
     )
@@ -289,11 +287,9 @@ def _insert_actions_and_events(
     return int(conn.execute(select(func.count()).select_from(events)).scalar() or 0)
 
 
-def _insert_actions(
-    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
-) -> list[str]:
+def _insert_actions(conn: Connection, stage: Table, ctx: RunContext, first: str, upto: str) -> list[str]:
     """SQLite: the staged actions; returns the ids created."""
-    stmt = _action_insert(conn, stage, ctx, after, upto)
+    stmt = _action_insert(conn, stage, ctx, first, upto)
     return list(conn.execute(stmt.returning(invoice_actions.c.action_id)).scalars())
 
 
@@ -305,9 +301,7 @@ def _keep_created(conn: Connection, stage: Table, staged: pd.Series, created: li
         conn.execute(delete(stage).where(stage.c.action_id.in_(skipped[start : start + source.IN_LIST])))
 
 
-def _insert_created_events(
-    conn: Connection, stage: Table, ctx: RunContext, after: str | None, upto: str
-) -> None:
+def _insert_created_events(conn: Connection, stage: Table, ctx: RunContext, first: str, upto: str) -> None:
     """SQLite: one ``created`` event per staged action, described from the same plan and
     template as the action (the statement never reads the history of actions or events)."""
     t = invoice_templates
@@ -321,26 +315,26 @@ def _insert_created_events(
             literal(ctx.run_id),
         )
         .select_from(_with_template(stage))
-        .where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, after, upto))
+        .where(invoices.c.sending_status == "to_send", _in_page(invoices.c.invoice_id, first, upto))
     )
     conn.execute(action_events.insert().from_select(_EVENT_COLUMNS, rows))
 
 
-def _settle_queue(conn: Connection, after: str | None, upto: str) -> None:
-    """Take off the queue, for keys in (``after``, ``upto``], the invoices that have their
+def _settle_queue(conn: Connection, first: str, upto: str) -> None:
+    """Take off the queue, for keys in [``first``, ``upto``], the invoices that have their
     action now or are no longer to send (marked sent, cancelled); the rest — no template
     yet — stay, for the next run to retry."""
     done = or_(
         ~select(invoices.c.invoice_id)
         .where(invoices.c.invoice_id == template_queue.c.invoice_id, invoices.c.sending_status == "to_send")
-        .where(_in_page(invoices.c.invoice_id, after, upto))
+        .where(_in_page(invoices.c.invoice_id, first, upto))
         .exists(),
         select(invoice_actions.c.invoice_id)
         .where(invoice_actions.c.invoice_id == template_queue.c.invoice_id)
-        .where(_in_page(invoice_actions.c.invoice_id, after, upto))
+        .where(_in_page(invoice_actions.c.invoice_id, first, upto))
         .exists(),
     )
-    conn.execute(delete(template_queue).where(done, _in_page(template_queue.c.invoice_id, after, upto)))
+    conn.execute(delete(template_queue).where(done, _in_page(template_queue.c.invoice_id, first, upto)))
 
 
 #: Kept during a bulk load: every page's statements look actions up by invoice (the NOT
@@ -400,10 +394,12 @@ def _resolve_pages(conn: Connection, ctx: RunContext, chunk_rows: int, summary: 
     after: str | None = None
     while True:
         page = _queue_page(after, chunk_rows)
-        last, n_page = conn.execute(select(func.max(page.c.invoice_id), func.count())).one()
+        first, last, n_page = conn.execute(
+            select(func.min(page.c.invoice_id), func.max(page.c.invoice_id), func.count())
+        ).one()
         if not n_page:
             break
-        cand = _candidates(conn, page, after, last)
+        cand = _candidates(conn, page, first, last)
         if not cand.empty:
             conn.execute(delete(_STAGE))
             schedule = _schedule(cand)
@@ -413,16 +409,16 @@ def _resolve_pages(conn: Connection, ctx: RunContext, chunk_rows: int, summary: 
                 # hash every created event of the history to check a day's few actions
                 conn.exec_driver_sql(f"ANALYZE {_STAGE.name}")
             if conn.dialect.name == "postgresql":
-                summary.created += _insert_actions_and_events(conn, _STAGE, ctx, after, last)
+                summary.created += _insert_actions_and_events(conn, _STAGE, ctx, first, last)
             else:
-                created = _insert_actions(conn, _STAGE, ctx, after, last)
+                created = _insert_actions(conn, _STAGE, ctx, first, last)
                 if len(created) < len(schedule):
                     _keep_created(conn, _STAGE, schedule["action_id"], created)
-                _insert_created_events(conn, _STAGE, ctx, after, last)
+                _insert_created_events(conn, _STAGE, ctx, first, last)
                 summary.created += len(created)
             del schedule
         del cand
-        _settle_queue(conn, after, last)
+        _settle_queue(conn, first, last)
         after = str(last)
         if n_page < chunk_rows:
             break
