@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -252,7 +253,14 @@ invoice_actions = Table(
     ),
     Index(None, "status", "scheduled_for"),
     Index(None, "org_id", "status"),
-    Index(None, "provider_message_id"),  # delivery events find their action by it (0008)
+    # delivery events find their action by it (0008); only the sent actions have one, and
+    # every reader looks it up by equality, so the created actions' NULLs stay out (0009)
+    Index(
+        None,
+        "provider_message_id",
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+        sqlite_where=text("provider_message_id IS NOT NULL"),
+    ),
 )
 
 action_events = Table(
