@@ -15,7 +15,7 @@ sixth of the insert's index time in a first run of 300,000 invoices on PostgreSQ
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
