@@ -1,7 +1,7 @@
 """one invoice index on (number, org_id) instead of (org_id, number) and (number)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01
 
 Every imported invoice is written into each index of ``invoices``. Two of them held the
