@@ -1,4 +1,4 @@
-"""A first run's bulk load (``storage.bulk_extract.begin_bulk_load``): on PostgreSQL, a large
+"""A first run's bulk load (``storage.bulk_extract.bulk_load_of_invoices``): on PostgreSQL, a large
 window into an (almost) empty ``invoices`` is COPYed into the table with its secondary
 indexes dropped and built again before the commit. The rows, statuses, queue and rejections
 are those of the row-by-row load; the indexes come back exactly as they were; an error

@@ -271,20 +271,19 @@ def extract_invoices(
         chunks = whole_invoices(frames)
         first = next(chunks, None)
         # a first run into an (almost) empty table loads in bulk: decided, and the table
-        # locked, before this transaction writes anything (bulk_extract.begin_bulk_load)
-        load = bulk_extract.begin_bulk_load(conn, 0 if first is None else len(first))
-        summary.bulk_load = load is not None
-        _quarantine(conn, unplaceable, ctx, summary)
-        bulk_extract.create_keys_table(conn)
-        for raw in itertools.chain([] if first is None else [first], chunks):
-            summary.read += len(raw)
-            summary.chunks += 1
-            stamp = rules.parse_instants(raw["updated_at"]).max()
-            if pd.notna(stamp) and (newest is None or stamp > newest):
-                newest = stamp
-            _import_chunk(conn, raw, book, switches, ctx, summary, load=load)
-        bulk_extract.drop_keys_table(conn)
-        bulk_extract.end_bulk_load(conn, load)
+        # locked, before this transaction writes anything; its indexes built at the end
+        with bulk_extract.bulk_load_of_invoices(conn, 0 if first is None else len(first)) as load:
+            summary.bulk_load = load is not None
+            _quarantine(conn, unplaceable, ctx, summary)
+            bulk_extract.create_keys_table(conn)
+            for raw in itertools.chain([] if first is None else [first], chunks):
+                summary.read += len(raw)
+                summary.chunks += 1
+                stamp = rules.parse_instants(raw["updated_at"]).max()
+                if pd.notna(stamp) and (newest is None or stamp > newest):
+                    newest = stamp
+                _import_chunk(conn, raw, book, switches, ctx, summary, load=load)
+            bulk_extract.drop_keys_table(conn)
 
         if newest is not None:
             value = max(newest.to_pydatetime(), newest_mark) if newest_mark else newest.to_pydatetime()

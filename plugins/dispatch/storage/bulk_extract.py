@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import Connection, text
 
+from dispatch.storage import bulk_load
+
 KEYS = "extract_keys"
 KEY_COLUMNS = ("invoice_id", "org_id", "number")
 
@@ -98,80 +100,51 @@ def numbers_taken(conn: Connection) -> set[str]:
 # --- a first run's bulk load (PostgreSQL) --------------------------------------------------------
 
 #: A window whose first chunk holds at least this many rows, into an ``invoices`` table that
-#: holds at most 1/BULK_HISTORY_RATIO of that, is loaded in bulk (see :func:`begin_bulk_load`).
+#: holds at most 1/BULK_HISTORY_RATIO of that, is loaded in bulk (see :func:`bulk_load_of_invoices`).
 BULK_MIN_ROWS = 20_000
 BULK_HISTORY_RATIO = 10
-#: the index the chunks' duplicate-number join reads while they load: kept
-_NUMBER_COLUMNS = ["number", "org_id"]
+#: kept while loading: the primary key (the known-ids check, and the actions' foreign key
+#: refers to it) and the index the chunks' duplicate-number join reads
+KEPT_DURING_LOAD = ("pk_invoices", "ix_invoices_number_org_id")
 
 
 @dataclass(frozen=True)
 class BulkLoad:
-    """The secondary indexes of ``invoices`` dropped for the load, as PostgreSQL defined them
-    (``pg_get_indexdef``): :func:`end_bulk_load` creates them again, the same."""
+    """A first run's bulk load is under way in this transaction."""
 
-    indexes: tuple[tuple[str, str], ...]
     #: the template queue was empty when locked: the load's new invoices are COPYed into it too
     queue_empty: bool = False
 
 
-def begin_bulk_load(conn: Connection, first_chunk_rows: int) -> BulkLoad | None:
+@contextmanager
+def bulk_load_of_invoices(conn: Connection, first_chunk_rows: int) -> Iterator[BulkLoad | None]:
     """PostgreSQL's "Populating a Database" for a first run: when the window's first chunk
     holds at least :data:`BULK_MIN_ROWS` rows and ``invoices`` at most a
-    :data:`BULK_HISTORY_RATIO`-th of that, lock the table, drop its secondary indexes but the
-    one the duplicate-number check joins through, and let the chunks COPY their new invoices
-    straight into it (:func:`append_new`); :func:`end_bulk_load` builds the indexes again,
-    in one pass each, before the extract commits. ``None``: load row by row (upserts).
+    :data:`BULK_HISTORY_RATIO`-th of that, lock the table and let the chunks COPY their new
+    invoices straight into it; its other indexes are built once, after the load
+    (:func:`dispatch.storage.bulk_load.deferred_indexes`, which says why every guarantee holds:
+    one transaction, DDL included). Yields ``None`` when the load goes row by row (upserts).
 
-    Why it holds every guarantee:
+    What is particular to the extract:
 
-    * **One transaction.** The drops, the rows and the rebuilds commit together (PostgreSQL's
-      DDL is transactional): a crash or an error mid-way rolls back to the table as it was,
-      indexes included. No reader ever sees the table without its indexes.
-    * **The lock.** ``ACCESS EXCLUSIVE`` (what ``DROP INDEX`` takes anyway), taken before
-      anything else is read: no concurrent run can insert an invoice between this run's
-      check of which ids are new and its COPY of them, so the new ids need no ``ON CONFLICT``;
-      a concurrent run or a page waits for the commit (on a first run, seconds against an
-      empty table), then sees every row and index.
-    * **The checks.** Ids already imported are found by the primary key, which stays;
-      numbers another invoice holds by the ``(number, org_id)`` index, which stays too.
+    * **The lock first.** ``ACCESS EXCLUSIVE`` on ``invoices`` before anything is read from
+      it: no concurrent run can insert an invoice between this run's check of which ids are
+      new and its COPY of them, so the new ids need no ``ON CONFLICT``.
+    * **The checks.** Ids already imported are found by the primary key, numbers another
+      invoice holds by the ``(number, org_id)`` index: both kept (:data:`KEPT_DURING_LOAD`).
     * **The queue.** ``template_queue`` is locked ``EXCLUSIVE`` (readable, not writable by
       others); when it is empty, the load's new invoices are COPYed into it as well (no
       ``ON CONFLICT``: each is new and queued once), else queued with ``ON CONFLICT``.
     """
-    if conn.dialect.name != "postgresql" or first_chunk_rows < BULK_MIN_ROWS:
-        return None
+    if not bulk_load.supported(conn) or first_chunk_rows < BULK_MIN_ROWS:
+        yield None
+        return
     limit = first_chunk_rows // BULK_HISTORY_RATIO
-    held = conn.exec_driver_sql(
-        f"SELECT count(*) FROM (SELECT 1 FROM invoices LIMIT {limit + 1}) AS h"
-    ).scalar()
-    if int(held or 0) > limit:
-        return None
-    conn.exec_driver_sql("LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE")
-    rows = conn.exec_driver_sql(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid),"
-        " ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
-        "       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n)"
-        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = 'invoices'::regclass AND NOT i.indisprimary AND NOT i.indisunique"
-        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
-        " ORDER BY c.relname"
-    ).all()
-    dropped = tuple(
-        (str(name), str(definition)) for name, definition, cols in rows if list(cols) != _NUMBER_COLUMNS
-    )
-    for name, _definition in dropped:
-        conn.exec_driver_sql(f'DROP INDEX "{name}"')
-    # the queue: no other transaction adds to it until the commit (EXCLUSIVE lets it be read);
-    # empty now, it can only hold this load's invoices, each new and queued once
+    if bulk_load.count_up_to(conn, "invoices", limit + 1) > limit:
+        yield None
+        return
+    bulk_load.lock_tables(conn, ["invoices"])
     conn.exec_driver_sql("LOCK TABLE template_queue IN EXCLUSIVE MODE")
     queue_empty = bool(conn.exec_driver_sql("SELECT NOT EXISTS (SELECT 1 FROM template_queue)").scalar())
-    return BulkLoad(dropped, queue_empty)
-
-
-def end_bulk_load(conn: Connection, load: BulkLoad | None) -> None:
-    """Build the indexes :func:`begin_bulk_load` dropped, as they were defined."""
-    if load is None:
-        return
-    for _name, definition in load.indexes:
-        conn.exec_driver_sql(definition)
+    with bulk_load.deferred_indexes(conn, ["invoices"], keep=KEPT_DURING_LOAD):
+        yield BulkLoad(queue_empty)
