@@ -16,19 +16,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatch.errors import DispatchError, RefusedError, UnknownIdError
+from dispatch.errors import DispatchError
 from dispatch.people import operations
 from dispatch.people.listing import jsonable
 from dispatch.runtime.run_history import list_runs
 from dispatch.vocabulary import ActionStatus
 from dispatch.web import queries
 from dispatch.web.deps import Context, User, csrf_for, now, require_csrf
-from dispatch.web.routes.todo import send_now, sent_words, todo_rows
-
-
-def _refusal(exc: DispatchError) -> HTTPException:
-    code = 404 if isinstance(exc, UnknownIdError) else 409 if isinstance(exc, RefusedError) else 400
-    return HTTPException(status_code=code, detail=str(exc))
+from dispatch.web.routes.todo import send_now, sent_words, status_of, todo_rows
 
 
 class _RefusingRoute(APIRoute):
@@ -42,7 +37,7 @@ class _RefusingRoute(APIRoute):
             try:
                 return await handler(request)
             except DispatchError as exc:
-                raise _refusal(exc) from None
+                raise HTTPException(status_code=status_of(exc), detail=str(exc)) from None
 
         return answer
 
