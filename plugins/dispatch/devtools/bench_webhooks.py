@@ -22,11 +22,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
-import re
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,13 +32,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, insert, select
 
-from dispatch.devtools.demo_webhooks import DemoKeys, demo_keys, same_code_env
+from dispatch.devtools.demo_webhooks import DemoKeys, demo_keys, own_web
 from dispatch.storage.engine import make_engine
 from dispatch.storage.migrate import upgrade
 from dispatch.storage.schema import delivery_events, invoice_actions, invoices
 
 EVENTS_PER_MESSAGE = 4  # processed, delivered, open or bounce, and a second open
-_URL_LINE = re.compile(r"dispatch web: (?P<base>http://\S+?)/dispatch/todo\?token=")
 
 
 @dataclass
@@ -168,20 +163,8 @@ def run(db_url: str, n_events: int, in_flight: int, batch: int) -> Figures:
     keys = demo_keys()
     ids = seed_sent_emails(db_url, max(1, n_events // EVENTS_PER_MESSAGE))
     bodies = burst(ids, n_events, batch, keys)
-    env = {**os.environ, **same_code_env(), "DISPATCH_DB_URL": db_url, **keys.env()}
-    cmd = [sys.executable, "-m", "dispatch.cli", "web", "--host", "127.0.0.1", "--port", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        match = _URL_LINE.search(proc.stdout.readline())
-        if match is None:
-            raise SystemExit("dispatch web did not print its URL")
-        seconds, failed = asyncio.run(
-            post_all(f"{match['base']}/dispatch/webhooks/sendgrid", bodies, in_flight)
-        )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with own_web(db_url, keys) as base:
+        seconds, failed = asyncio.run(post_all(f"{base}/dispatch/webhooks/sendgrid", bodies, in_flight))
     stored, matched, bounced = counts(db_url)
     return Figures(n_events, len(bodies), in_flight, seconds, failed, stored, matched, bounced)
 

@@ -25,7 +25,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,13 +197,11 @@ def same_code_env() -> dict[str, str]:
 _URL_LINE = re.compile(r"dispatch web: (?P<base>http://\S+?)/dispatch/todo\?token=")
 
 
-def run_with_own_web(settings: Settings | None = None) -> DemoEvents:
-    """Start ``dispatch web`` on the database of ``settings`` (default: the environment's)
-    with a fresh key, post the demo's events, stop it; prints one line. What was posted stays
-    in the database: any later ``dispatch web`` on it shows it on the invoice pages."""
-    settings = settings or load_settings()
-    keys = demo_keys()
-    env = {**os.environ, **same_code_env(), "DISPATCH_DB_URL": settings.dispatch_db_url, **keys.env()}
+@contextmanager
+def own_web(db_url: str, keys: DemoKeys) -> Iterator[str]:
+    """A ``dispatch web`` of its own on ``db_url``, checking signatures with ``keys``, on a free
+    port; yields its base URL and stops it on the way out."""
+    env = {**os.environ, **same_code_env(), "DISPATCH_DB_URL": db_url, **keys.env()}
     cmd = [sys.executable, "-m", "dispatch.cli", "web", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -210,12 +209,22 @@ def run_with_own_web(settings: Settings | None = None) -> DemoEvents:
         match = _URL_LINE.search(proc.stdout.readline())
         if match is None:
             raise RuntimeError("dispatch web did not print its URL")
-        story = post_demo_events(match["base"], settings.dispatch_db_url, keys)
-        print(story.line())
-        return story
+        yield match["base"]
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)
+
+
+def run_with_own_web(settings: Settings | None = None) -> DemoEvents:
+    """Start ``dispatch web`` on the database of ``settings`` (default: the environment's)
+    with a fresh key, post the demo's events, stop it; prints one line. What was posted stays
+    in the database: any later ``dispatch web`` on it shows it on the invoice pages."""
+    settings = settings or load_settings()
+    keys = demo_keys()
+    with own_web(settings.dispatch_db_url, keys) as base:
+        story = post_demo_events(base, settings.dispatch_db_url, keys)
+    print(story.line())
+    return story
 
 
 def main(argv: Sequence[str] | None = None) -> None:
